@@ -1,0 +1,331 @@
+"""CIFAR-10 and image-folder data sets, held whole in memory as uint8 tensors.
+
+The official "python version" of CIFAR-10 is a set of pickles. Pickles can run code when loaded,
+so :class:`_CifarUnpickler` accepts only the handful of objects the official files contain.
+
+Training never uses a DataLoader: the whole split sits on the training device as one uint8
+tensor, each epoch draws a seeded permutation, batches are formed by indexing and converted to
+float in [0, 1] one batch at a time (see :class:`BatchLoader`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DATA_DIR_ENV = "CIFARGEN_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """The data root used when none is given: ``$CIFARGEN_DATA_DIR`` or ``./data``."""
+    return os.environ.get(DATA_DIR_ENV, "data")
+
+
+@dataclass
+class ImageDataset:
+    """A whole split in memory: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"images must be a uint8 tensor (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def head(self, n: int | None) -> "ImageDataset":
+        """The first ``n`` images (all of them when ``n`` is None)."""
+        if n is None:
+            return self
+        if n <= 0 or n > len(self):
+            raise DataError(f"asked for the first {n} images, but the split holds {len(self)}: use a limit between 1 and {len(self)}")
+        return ImageDataset(self.images[:n], self.labels[:n], self.class_names)
+
+    def to(self, device) -> "ImageDataset":
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.class_names)
+
+
+# --------------------------------------------------------------------------------------------
+# The official pickles
+# --------------------------------------------------------------------------------------------
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals found in the official CIFAR-10 files.
+
+    Those files hold dicts, lists, strings, ints and numpy arrays; an array is rebuilt through
+    ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``. Any other
+    global (``os.system``, ``builtins.eval``, ...) is refused, so a planted file cannot run code.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: not part of the CIFAR-10 format") from None
+
+
+def read_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one official batch file into (images uint8 (N, 3, 32, 32), labels int64 (N,)).
+
+    Raises :class:`DataError` naming ``source`` for anything that is not a valid batch.
+    """
+    fix = "delete it and run again to download a fresh copy, or point --data-dir at a good copy"
+    try:
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # any parse failure of untrusted bytes is a data error
+        raise DataError(f"{source} is not a valid CIFAR-10 batch file ({type(exc).__name__}: {exc}); {fix}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{source} does not hold a CIFAR-10 batch (expected a dict); {fix}")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{source} has no uint8 'data' array of shape (N, 3072); {fix}")
+    if not isinstance(labels, list) or len(labels) != data.shape[0] or not all(isinstance(v, int) and 0 <= v < 10 for v in labels):
+        raise DataError(f"{source} has no list of {data.shape[0]} labels in 0..9; {fix}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _read_class_names(raw: bytes, source: str) -> tuple[str, ...]:
+    try:
+        meta = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        names = meta[b"label_names"]
+        return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    except Exception:
+        raise DataError(f"{source} is not a valid CIFAR-10 batches.meta file; delete it or point --data-dir at a good copy") from None
+
+
+def _batch_files(root: Path, names: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+    """Yield (source, bytes) for each named batch, from the extracted folder or the archive."""
+    folder = root / CIFAR10_FOLDER
+    if folder.is_dir():
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise DataError(f"{path} is missing: the CIFAR-10 folder is incomplete; restore it or delete {folder} to download again")
+            yield str(path), path.read_bytes()
+        return
+    archive = root / CIFAR10_ARCHIVE
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for name in names:
+                member = f"{CIFAR10_FOLDER}/{name}"
+                try:
+                    handle = tar.extractfile(member)
+                except KeyError:
+                    handle = None
+                if handle is None:
+                    raise DataError(f"{archive} has no {member}: not the CIFAR-10 python archive; delete it and run again to download it")
+                yield f"{archive}:{member}", handle.read()
+    except Exception as exc:  # gzip/tar/zlib errors of a damaged archive
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({exc}); delete it and run again to download it") from None
+
+
+def has_cifar10(root: str | os.PathLike) -> bool:
+    """Whether ``root`` holds CIFAR-10 (the extracted folder or the archive)."""
+    root = Path(root)
+    return (root / CIFAR10_FOLDER).is_dir() or (root / CIFAR10_ARCHIVE).is_file()
+
+
+def load_cifar10(root: str | os.PathLike, train: bool, download: bool = True) -> ImageDataset:
+    """Load the CIFAR-10 train or test split from ``root`` (downloading it if allowed and absent)."""
+    root = Path(root)
+    if not has_cifar10(root):
+        if not download:
+            raise DataError(f"no CIFAR-10 in {root}: put {CIFAR10_FOLDER}/ or {CIFAR10_ARCHIVE} there, or pass --data-dir")
+        download_cifar10(root)
+    names = TRAIN_BATCHES if train else TEST_BATCHES
+    images, labels = [], []
+    for source, raw in _batch_files(root, names):
+        x, y = read_cifar_batch(raw, source)
+        images.append(x)
+        labels.append(y)
+    (meta_source, meta_raw), = _batch_files(root, ("batches.meta",))
+    class_names = _read_class_names(meta_raw, meta_source)
+    return ImageDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), class_names)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 15.0) -> Path:
+    """Download the official archive into ``root`` with a progress bar and verify its MD5.
+
+    The download goes to a ``.part`` file that is removed on any failure, so a broken
+    download never looks like data. Offline, fails at once with instructions.
+    """
+    from tqdm.auto import tqdm
+
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / CIFAR10_ARCHIVE
+    partial = root / (CIFAR10_ARCHIVE + ".part")
+    manual = (f"download {url} by hand and put it (or its extracted {CIFAR10_FOLDER}/ folder) in {root.resolve()}, "
+              f"or pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder that holds it")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10") as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"could not download CIFAR-10 ({exc}); {manual}") from None
+    got = _md5(partial)
+    if got != md5:
+        partial.unlink(missing_ok=True)
+        raise DataError(f"downloaded archive has MD5 {got}, expected {md5}; the partial file was removed. Run again, or {manual}")
+    os.replace(partial, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders: root/<class>/*.png|jpg
+# --------------------------------------------------------------------------------------------
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_image_folder(root: str | os.PathLike) -> bool:
+    """Whether ``root`` looks like ``root/<class>/<images>`` (possibly under train/ and test/)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    base = root / "train" if (root / "train").is_dir() else root
+    return any(any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()) for d in _class_folders(base))
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int = 32) -> ImageDataset:
+    """Read ``root/<class>/*.png|jpg`` into memory; classes are the sorted folder names.
+
+    Images are converted to RGB and must be ``image_size`` pixels square (resize yours first).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist: pass --data-dir pointing at root/<class>/*.png")
+    classes = _class_folders(root)
+    images, labels = [], []
+    for index, folder in enumerate(classes):
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as img:
+                    array = np.asarray(img.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+            if array.shape[:2] != (image_size, image_size):
+                raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, expected {image_size}x{image_size}; resize the images first")
+            images.append(array)
+            labels.append(index)
+    if not images:
+        raise DataError(f"no .png or .jpg images found under {root}/<class>/: check --data-dir")
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return ImageDataset(stacked, torch.tensor(labels, dtype=torch.int64), tuple(p.name for p in classes))
+
+
+def load_dataset(root: str | os.PathLike, train: bool, download: bool = True) -> ImageDataset:
+    """Load a split from ``root``: CIFAR-10 (official layout) or an image folder.
+
+    An image folder with ``train/`` and ``test/`` sub-folders gives both splits; a single
+    ``root/<class>/`` folder serves as both. Otherwise CIFAR-10 is read (downloaded if absent).
+    """
+    root = Path(root)
+    if not has_cifar10(root) and is_image_folder(root):
+        split = root / ("train" if train else "test")
+        return load_image_folder(split if split.is_dir() else root)
+    return load_cifar10(root, train=train, download=download)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches by indexing
+# --------------------------------------------------------------------------------------------
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] to float32 in [0, 1] (no mean/std normalisation)."""
+    return images.float().div_(255.0)
+
+
+class BatchLoader:
+    """Batches of a whole split kept on ``device`` as uint8.
+
+    ``shuffle=True`` draws one permutation per epoch from a seeded CPU generator, whose state
+    is part of training checkpoints so that a resumed run sees the same order. ``rank`` and
+    ``world_size`` give each distributed process a disjoint slice of every permutation.
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, device, shuffle: bool, seed: int = 0,
+                 memory_format=torch.channels_last, rank: int = 0, world_size: int = 1):
+        self.data = dataset.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.memory_format = memory_format
+        self.rank, self.world_size = rank, world_size
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the next epoch (advances the generator when shuffling)."""
+        n = len(self.data)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = len(range(self.rank, len(self.data), self.world_size))
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices().to(self.data.images.device)
+        for start in range(0, order.numel(), self.batch_size):
+            index = order[start:start + self.batch_size]
+            x = to_float(self.data.images[index]).contiguous(memory_format=self.memory_format)
+            yield x, self.data.labels[index]

@@ -1,0 +1,108 @@
+"""AC-GAN (Odena et al., 2017): a class-conditional generator and a two-headed discriminator.
+
+The generator is the VAE decoder (:class:`~cifargen.models.vae.Decoder`) with LeakyReLU
+activations and a class embedding concatenated to z. The discriminator is a convolutional
+trunk with a real/fake head (one logit) and an auxiliary classifier head (one logit per class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .vae import Decoder, VAEConfig, leaky_relu
+
+
+@dataclass
+class ACGANConfig:
+    """Architecture of the AC-GAN. The defaults are the ones behind the README's results."""
+
+    latent_dim: int = 128
+    width: int = 32            # generator: channels before the image, as the VAE decoder
+    d_width: int = 64          # discriminator: channels after its first convolution
+    num_downsamples: int = 3
+    image_size: int = 32
+    image_channels: int = 3
+    num_classes: int = 10
+    class_embed_dim: int = 32
+    dropout: float = 0.25
+    spectral_norm: bool = False
+
+    def __post_init__(self):
+        for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def decoder_config(self) -> VAEConfig:
+        return VAEConfig(latent_dim=self.latent_dim, width=self.width, num_downsamples=self.num_downsamples,
+                         image_size=self.image_size, image_channels=self.image_channels,
+                         num_classes=self.num_classes, class_embed_dim=self.class_embed_dim, conditional=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Generator(Decoder):
+    """The VAE decoder with LeakyReLU, conditioned on the class: ``generator(z, y)`` -> images in [0, 1]."""
+
+    def __init__(self, config: ACGANConfig):
+        super().__init__(config.decoder_config(), activation=leaky_relu)
+        self.latent_dim = config.latent_dim
+        self.num_classes = config.num_classes
+
+
+class Discriminator(nn.Module):
+    """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
+
+    Two 3x3 convolutions per resolution (the second strided), LeakyReLU, dropout, no batch norm
+    (real and generated batches have different statistics).
+    """
+
+    def __init__(self, config: ACGANConfig):
+        super().__init__()
+        wrap = nn.utils.spectral_norm if config.spectral_norm else (lambda m: m)
+        c = config.d_width
+        layers = [wrap(nn.Conv2d(config.image_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        for _ in range(config.num_downsamples):
+            layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2),
+                       wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), nn.LeakyReLU(0.2),
+                       nn.Dropout(config.dropout)]
+            c *= 2
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        features = c * (config.image_size // 2 ** config.num_downsamples) ** 2
+        self.adv_head = wrap(nn.Linear(features, 1))
+        self.class_head = nn.Linear(features, config.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)
+        return self.adv_head(h).squeeze(1), self.class_head(h)
+
+
+class ACGAN(nn.Module):
+    """Generator and discriminator together, for saving, loading and sampling."""
+
+    kind = "acgan"
+
+    def __init__(self, config: ACGANConfig | None = None, **overrides):
+        super().__init__()
+        config = config or ACGANConfig()
+        if overrides:
+            config = ACGANConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+
+    @torch.no_grad()
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """``n`` images from z ~ N(0, I) for classes ``y`` (random when None); returns ``(images, y)``."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, generator=generator)
+        if y is None:
+            y = torch.randint(self.config.num_classes, (n,), generator=generator)
+        y = torch.as_tensor(y, dtype=torch.long).to(device)
+        return self.generator(z.to(device), y), y

@@ -1,0 +1,217 @@
+"""VAE and conditional VAE: a U-Net-shaped encoder-decoder without skip connections.
+
+    x (3x32x32) -> conv -> [strided conv] x3 -> 4x4 features -> mu, log_var      (encoder)
+    z (+ class embedding) -> linear -> 4x4 -> [transposed conv] x3 -> conv -> sigmoid  (decoder)
+
+The decoder's only input is the latent code (and, for the CVAE, the class): no encoder
+activation reaches it any other way. The AC-GAN generator reuses :class:`Decoder`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+
+@dataclass
+class VAEConfig:
+    """Architecture of the VAE/CVAE. The defaults are the ones behind the README's results."""
+
+    latent_dim: int = 128
+    width: int = 32            # channels after the first convolution; doubled at every down-sampling
+    num_downsamples: int = 3   # 32x32 -> 4x4
+    image_size: int = 32
+    image_channels: int = 3
+    num_classes: int = 10
+    class_embed_dim: int = 32  # CVAE only
+    conditional: bool = False
+
+    def __post_init__(self):
+        for name in ("latent_dim", "width", "image_size", "image_channels", "num_classes", "class_embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_downsamples < 2:
+            raise ConfigError("num_downsamples must be at least 2 (the U-Net shape needs two levels)")
+        if self.image_size % (2 ** self.num_downsamples):
+            raise ConfigError(f"image_size {self.image_size} is not divisible by 2**num_downsamples")
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return self.width * 2 ** self.num_downsamples
+
+    @property
+    def bottleneck_size(self) -> int:
+        return self.image_size // 2 ** self.num_downsamples
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_block(in_channels: int, out_channels: int, stride: int, activation: type[nn.Module]) -> nn.Sequential:
+    """3x3 convolution (strided to down-sample), batch norm, activation."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        activation(),
+    )
+
+
+def up_block(in_channels: int, out_channels: int, activation: type[nn.Module]) -> nn.Sequential:
+    """4x4 stride-2 transposed convolution (doubles the size), batch norm, activation."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        activation(),
+    )
+
+
+def leaky_relu() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class Encoder(nn.Module):
+    """Contracting path: image (and class, for the CVAE) to the Gaussian posterior's mu and log_var."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        c = config.width
+        layers = [conv_block(config.image_channels, c, stride=1, activation=nn.ReLU)]
+        for _ in range(config.num_downsamples):
+            layers.append(conv_block(c, 2 * c, stride=2, activation=nn.ReLU))
+            c *= 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        flat = c * config.bottleneck_size ** 2
+        self.class_embedding = nn.Embedding(config.num_classes, config.class_embed_dim) if config.conditional else None
+        head_in = flat + (config.class_embed_dim if config.conditional else 0)
+        self.mu = nn.Linear(head_in, config.latent_dim)
+        self.log_var = nn.Linear(head_in, config.latent_dim)
+        # Start with a small posterior variance (exp(-6)): with unit variance at initialisation the
+        # decoder cannot use z, and during the KL-free first epoch log_var then drifts up unchecked.
+        nn.init.zeros_(self.log_var.weight)
+        nn.init.constant_(self.log_var.bias, -6.0)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        if self.class_embedding is not None:
+            h = torch.cat([h, self.class_embedding(y).to(h.dtype)], dim=1)
+        return self.mu(h), self.log_var(h)
+
+
+class Decoder(nn.Module):
+    """Expanding path: latent code (and class) to an image in [0, 1].
+
+    ``forward(z, y, logits=True)`` stops before the sigmoid, so that losses can use the
+    numerically stable logit form of BCE.
+    """
+
+    def __init__(self, config: VAEConfig, activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        c = config.bottleneck_channels
+        s = config.bottleneck_size
+        self.class_embedding = nn.Embedding(config.num_classes, config.class_embed_dim) if config.conditional else None
+        in_features = config.latent_dim + (config.class_embed_dim if config.conditional else 0)
+        self.project = nn.Sequential(
+            # No batch norm here: it would make the decoder blind to the scale of z, which the KL term sets.
+            nn.Linear(in_features, c * s * s),
+            nn.Unflatten(1, (c, s, s)),
+            activation(),
+        )
+        ups = []
+        for _ in range(config.num_downsamples):
+            ups.append(up_block(c, c // 2, activation))
+            c //= 2
+        self.upsample = nn.Sequential(*ups)
+        self.to_logits = nn.Conv2d(c, config.image_channels, 3, padding=1)
+        self.output_activation = nn.Sigmoid()
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, logits: bool = False) -> torch.Tensor:
+        if self.class_embedding is not None:
+            if y is None:
+                raise ValueError("a conditional decoder needs the class labels y")
+            z = torch.cat([z, self.class_embedding(y).to(z.dtype)], dim=1)
+        h = self.upsample(self.project(z)).contiguous(memory_format=torch.channels_last)
+        out = self.to_logits(h)
+        return out if logits else self.output_activation(out)
+
+
+class VAEOutput(NamedTuple):
+    recon: torch.Tensor
+    mu: torch.Tensor
+    log_var: torch.Tensor
+    z: torch.Tensor
+
+
+def reparameterize(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """z = mu + exp(0.5 log_var) * eps, eps ~ N(0, I)."""
+    return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+
+
+class VAE(nn.Module):
+    """Variational autoencoder. ``forward(x, y)`` ignores ``y``; :class:`CVAE` uses it."""
+
+    kind = "vae"
+
+    def __init__(self, config: VAEConfig | None = None, **overrides):
+        super().__init__()
+        config = config or VAEConfig()
+        if overrides:
+            config = VAEConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.conditional
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_logits: bool = False):
+        """Reconstruct ``x``: returns ``VAEOutput(recon, mu, log_var, z)``.
+
+        With ``return_logits=True`` returns ``(VAEOutput, logits)`` where ``recon`` is
+        ``sigmoid(logits)``; training uses the logits for a stable BCE.
+        """
+        mu, log_var = self.encoder(x, y)
+        z = reparameterize(mu, log_var)
+        logits = self.decoder(z, y, logits=True)
+        out = VAEOutput(torch.sigmoid(logits), mu, log_var, z)
+        return (out, logits) if return_logits else out
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(z, y)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """Decode ``n`` samples of z ~ N(0, I) (drawn on the CPU from ``generator`` if given)."""
+        z = torch.randn(n, self.config.latent_dim, generator=generator).to(self._device())
+        return self.decode(z)
+
+
+class CVAE(VAE):
+    """Conditional VAE: the class embedding conditions the decoder (and the encoder's heads)."""
+
+    kind = "cvae"
+
+    def __init__(self, config: VAEConfig | None = None, **overrides):
+        config = config or VAEConfig()
+        super().__init__(config, **{**overrides, "conditional": True})
+
+    @torch.no_grad()
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """Decode ``n`` samples of z ~ N(0, I) for classes ``y`` (random when None).
+
+        Returns ``(images, y)``: the images in [0, 1] and the classes used.
+        """
+        z = torch.randn(n, self.config.latent_dim, generator=generator)
+        if y is None:
+            y = torch.randint(self.config.num_classes, (n,), generator=generator)
+        device = self._device()
+        y = torch.as_tensor(y, dtype=torch.long).to(device)
+        return self.decode(z.to(device), y), y

@@ -1,0 +1,115 @@
+"""How a VAE or CVAE trains: joint reconstruction loss + annealed KL, step LR decay, figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import ImageDataset, to_float
+from ..evaluation import evaluate_vae, reconstruct
+from ..images import denormalize
+from ..losses import kl_per_sample, reconstruction_terms
+from ..models.vae import CVAE, VAE, VAEConfig
+from ..plotting import plot_curves, save_image_rows, save_labelled_grid
+from ..runtime import autocast
+from ..schedules import KLSchedule, lr_milestones
+from ..training import Recipe, TrainConfig
+
+# Test images shown in every epoch's E<epoch>.png (indices into the official test split).
+FIXED_TEST_INDICES = (0, 380, 500, 728, 1000, 2300, 3400, 4300, 4800, 5000)
+NUM_RANDOM_SAMPLES = 20
+
+
+@dataclass
+class VAETrainConfig(TrainConfig):
+    """Training configuration of the VAE and CVAE; defaults reproduce README's results."""
+
+    model: str = "vae"
+    epochs: int = 60
+    lr: float = 5e-4
+    arch: VAEConfig = field(default_factory=VAEConfig)
+    kl: KLSchedule = field(default_factory=KLSchedule)
+    lr_decay_at: tuple[float, ...] = (40 / 60, 50 / 60)  # fractions of the run: epochs 40 and 50 of 60
+    lr_decay_factor: float = 0.1
+
+
+def make_generator_model(config: VAETrainConfig, num_classes: int) -> VAE:
+    arch = VAEConfig(**{**config.arch.to_dict(), "num_classes": num_classes})
+    return CVAE(arch) if config.model == "cvae" else VAE(arch)
+
+
+class VAERecipe(Recipe):
+    """Step: L = MSE + (1 - SSIM) + BCE + lambda * KL, lambda from the per-epoch KL schedule."""
+
+    best_metric = "rec"
+    best_mode = "min"
+
+    def __init__(self, config: VAETrainConfig, class_names, device, autocast_dtype):
+        super().__init__(config, class_names, device, autocast_dtype)
+        self.model = make_generator_model(config, len(class_names)).to(device, memory_format=torch.channels_last)
+        self.modules = {"model": self.model}
+        # The compiled wrapper shares parameters with self.model; checkpoints use the plain module.
+        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=device.type in ("cuda", "cpu"))
+        self.optimizers = {"model": self.optimizer}
+        self.schedulers = {"model": torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, lr_milestones(config.epochs, config.lr_decay_at), config.lr_decay_factor)}
+        self.kl_weight = 0.0
+
+    def start_epoch(self, epoch: int) -> dict[str, float]:
+        self.kl_weight = self.config.kl.weight(epoch, self.config.epochs)
+        return {"kl_weight": self.kl_weight, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(self.device, self.autocast_dtype):
+            out, logits = self.step_model(x, y, return_logits=True)
+        terms = {k: v.mean() for k, v in reconstruction_terms(x, logits).items()}
+        kl = kl_per_sample(out.mu, out.log_var).mean()
+        # Leave KL out entirely at lambda = 0, so an overflowing KL cannot turn the loss into 0 * inf.
+        loss = terms["rec"] + self.kl_weight * kl if self.kl_weight else terms["rec"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}, "kl": kl.detach()}
+
+    def evaluate(self, test_set: ImageDataset, autocast_dtype="training") -> dict[str, float]:
+        dtype = self.autocast_dtype if autocast_dtype == "training" else autocast_dtype
+        return evaluate_vae(self.model, test_set, self.device, dtype)
+
+    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path) -> None:
+        indices = [i for i in FIXED_TEST_INDICES if i < len(test_set)] or list(range(min(10, len(test_set))))
+        index = torch.tensor(indices)
+        x = to_float(test_set.images[index]).to(self.device).contiguous(memory_format=torch.channels_last)
+        y = test_set.labels[index].to(self.device)
+        recon = reconstruct(self.model, x, y, self.autocast_dtype)
+        names = [self.class_names[int(c)] for c in y]
+        save_image_rows([denormalize(x), denormalize(recon)], out_dir / f"E{epoch + 1}.png", titles=names,
+                        row_labels=["original", "reconstruction"], title=f"{self.config.model.upper()} epoch {epoch + 1}")
+
+    def final_outputs(self, metrics: dict, test_set: ImageDataset, out_dir: Path) -> dict:
+        history = metrics["history"]
+        epochs = [h["epoch"] for h in history]
+        test = {k: [h["test"][k] for h in history] for k in ("mse", "bce", "ssim_loss", "kl")}
+        plot_curves(epochs, {"test MSE": test["mse"], "test BCE": test["bce"], "test SSIM loss (1 - SSIM)": test["ssim_loss"],
+                             "test KL": test["kl"]}, out_dir / "losses.png",
+                    title=f"{self.config.model.upper()} test losses per epoch", separate=True, log_y=("test KL",))
+        plot_curves(epochs, {"train total reconstruction loss": [h["train"]["rec"] for h in history],
+                             "test total reconstruction loss": [h["test"]["rec"] for h in history]},
+                    out_dir / "total_loss.png", title=f"{self.config.model.upper()} total reconstruction loss per sample")
+        generator = torch.Generator().manual_seed(self.config.seed)
+        generated = self.model.generate(NUM_RANDOM_SAMPLES, generator=generator)
+        if self.model.conditional:
+            images, classes = generated
+            labels = [self.class_names[int(c)] for c in classes]
+        else:
+            images, labels = generated, None
+        save_labelled_grid(denormalize(images), out_dir / "random.png", labels=labels,
+                           title=f"{self.config.model.upper()}: z ~ N(0, I), best checkpoint (epoch {metrics['best_epoch']})")
+        extra = {"kl_weights": [h["kl_weight"] for h in history],
+                 "kl_weight_at_best": history[metrics["best_epoch"] - 1]["kl_weight"]}
+        if self.autocast_dtype is not None:
+            # The headline figures come from mixed-precision inference; report full precision beside them.
+            extra["best_fp32"] = self.evaluate(test_set, autocast_dtype=None)
+        return extra
