@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from cifargen.cli import build_parser, main
+
+
+def test_help_lists_models_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "vae" in text and "cvae" in text and "acgan" in text and "--limit-train" in text
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "gan9000"], ["train", "vae", "--epochs", "0"], ["train", "vae", "--batch-size", "-3"],
+    ["train", "vae", "--latent-dim", "0"], ["train", "vae", "--lr", "abc"],
+])
+def test_bad_flags_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_missing_cuda_is_refused_before_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "vae", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_limit_larger_than_data_and_unwritable_out(cifar_root, tmp_path, capsys):
+    assert main(["train", "vae", "--data-dir", str(cifar_root), "--limit-train", "100000", "--out", str(tmp_path / "a")]) == 2
+    assert "holds 320" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "vae", "--data-dir", str(cifar_root), "--out", str(blocker / "sub")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_train_command_runs_and_prints_summary(cifar_root, tmp_path, capsys):
+    code = main(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(tmp_path), "--epochs", "1",
+                 "--limit-train", "128", "--limit-test", "60", "--latent-dim", "32", "--no-progress"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_epoch"] == 1 and "rec" in summary["best"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["config"]["arch"]["latent_dim"] == 32 and saved["config"]["model"] == "cvae"
+
+
+def test_flags_map_onto_config():
+    from cifargen.cli import config_from_args
+
+    args = build_parser().parse_args(["train", "vae", "--epochs", "7", "--kl-shape", "linear", "--width", "16"])
+    config = config_from_args(args)
+    assert config.epochs == 7 and config.kl.shape == "linear" and config.arch.width == 16 and config.lr == 5e-4

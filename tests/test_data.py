@@ -1,0 +1,167 @@
+import io
+import os
+import pickle
+import tarfile
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cifargen import data as data_module
+from cifargen.data import (BatchLoader, ImageDataset, load_cifar10, load_dataset, load_image_folder, read_cifar_batch,
+                           to_float)
+from cifargen.errors import DataError
+from conftest import local_cifar_root, make_images, write_batch
+
+
+def test_reads_official_layout_in_order(cifar_root):
+    train = load_cifar10(cifar_root, train=True, download=False)
+    test = load_cifar10(cifar_root, train=False, download=False)
+    assert train.images.shape == (320, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (120, 3, 32, 32)
+    assert train.class_names[0] == "airplane" and len(train.class_names) == 10
+    # Batch 1 comes first, in file order, channels as stored (R plane, G plane, B plane).
+    assert np.array_equal(train.images[:64].numpy(), make_images(64, 1))
+    assert np.array_equal(train.images[64:128].numpy(), make_images(64, 2))
+    assert train.labels[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+@pytest.mark.skipif(local_cifar_root() is None, reason="set CIFARGEN_TEST_DATA to a built local CIFAR-10 copy")
+def test_reads_local_copy_in_official_format():
+    test = load_cifar10(local_cifar_root(), train=False, download=False)
+    assert test.images.shape == (10000, 3, 32, 32)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    assert test.class_names[3] == "cat" and test.labels[0] == 3  # the official first test image is a cat
+
+
+def test_reads_archive_without_extracting(cifar_root, tmp_path):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(cifar_root / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    from_archive = load_cifar10(tmp_path, train=False, download=False)
+    from_folder = load_cifar10(cifar_root, train=False, download=False)
+    assert torch.equal(from_archive.images, from_folder.images)
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_planted_pickle_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with pytest.raises(DataError, match="not a valid CIFAR-10 batch"):
+        read_cifar_batch(pickle.dumps({b"data": Evil()}, protocol=2), "evil_batch")
+    assert not marker.exists()
+
+
+def test_truncated_batch_names_file_and_fix(cifar_root, tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in os.listdir(cifar_root / "cifar-10-batches-py"):
+        (folder / name).write_bytes((cifar_root / "cifar-10-batches-py" / name).read_bytes())
+    raw = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=r"data_batch_3.*(delete|--data-dir)"):
+        load_cifar10(tmp_path, train=True, download=False)
+
+
+def test_wrong_structure_is_refused():
+    with pytest.raises(DataError, match="uint8 'data'"):
+        read_cifar_batch(pickle.dumps({b"data": [1, 2, 3], b"labels": [0]}, protocol=3), "odd")
+    with pytest.raises(DataError, match="labels"):
+        arr = np.zeros((2, 3072), np.uint8)
+        read_cifar_batch(pickle.dumps({b"data": arr, b"labels": [0, 11]}, protocol=3), "odd")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=400))
+def test_random_bytes_only_raise_data_error(raw):
+    with pytest.raises(DataError):
+        read_cifar_batch(raw, "fuzz")
+
+
+def test_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(data_module.urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match="--data-dir"):
+        load_cifar10(tmp_path / "nowhere", train=True)
+    assert not list((tmp_path / "nowhere").glob("*.part"))
+
+
+def test_checksum_mismatch_removes_partial_file(tmp_path, monkeypatch):
+    class FakeResponse(io.BytesIO):
+        headers = {"Content-Length": "11"}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(data_module.urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"not a tar!!"))
+    with pytest.raises(DataError, match="MD5"):
+        data_module.download_cifar10(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    train = load_dataset(tmp_path, train=True)
+    test = load_dataset(tmp_path, train=False)
+    assert len(train) == 6 and len(test) == 4
+    assert train.class_names == ("cat", "dog") and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_image_folder_errors(tmp_path):
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(DataError, match="no .png or .jpg"):
+        load_image_folder(tmp_path)
+    (tmp_path / "cat" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        load_image_folder(tmp_path)
+
+
+def test_batch_loader_covers_each_image_once_and_reshuffles():
+    n = 103
+    dataset = ImageDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(),
+                           torch.arange(n) % 10, tuple("abcdefghij"))
+    loader = BatchLoader(dataset, 16, "cpu", shuffle=True, seed=3)
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader) == 7
+        seen = torch.cat([(x[:, 0, 0, 0] * 255).round().long() for x, _ in batches])
+        assert sorted(seen.tolist()) == list(range(n))
+        epochs.append(seen)
+    assert not torch.equal(epochs[0], epochs[1])
+    again = BatchLoader(dataset, 16, "cpu", shuffle=True, seed=3)
+    assert torch.equal(torch.cat([(x[:, 0, 0, 0] * 255).round().long() for x, _ in again]), epochs[0])
+
+
+def test_batch_loader_shards_cover_epoch_exactly_once():
+    n = 50
+    dataset = ImageDataset(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), ("a",))
+    shards = [BatchLoader(dataset, 8, "cpu", shuffle=True, seed=1, rank=r, world_size=3).indices() for r in range(3)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(n))
+
+
+def test_to_float_scales_only():
+    x = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    assert torch.allclose(to_float(x), torch.tensor([0.0, 128 / 255, 1.0]))
+
+
+def test_limit_larger_than_data_is_refused(cifar_root):
+    with pytest.raises(DataError, match="holds 120"):
+        load_cifar10(cifar_root, train=False, download=False).head(1000)

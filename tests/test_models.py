@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cifargen.images import denormalize, make_grid
+from cifargen.models import ACGAN, CVAE, VAE, ACGANConfig, VAEConfig
+from cifargen.models.vae import reparameterize
+
+DOWNSAMPLERS = (nn.MaxPool2d, nn.AvgPool2d)
+UPSAMPLERS = (nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d)
+
+
+def count_feature_convs(module):
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def count_downsamplers(module):
+    return sum(isinstance(m, DOWNSAMPLERS) or (isinstance(m, nn.Conv2d) and max(m.stride) > 1) for m in module.modules())
+
+
+def count_upsamplers(module):
+    return sum(isinstance(m, UPSAMPLERS) or (isinstance(m, nn.ConvTranspose2d) and max(m.stride) > 1)
+               for m in module.modules())
+
+
+@pytest.mark.parametrize("model_class", [VAE, CVAE])
+def test_architecture_rules(model_class):
+    model = model_class(VAEConfig(width=8, latent_dim=16))
+    assert count_feature_convs(model.encoder) >= 3
+    assert count_downsamplers(model.encoder) >= 2
+    assert count_upsamplers(model.decoder) >= 2
+    assert isinstance(model.encoder.mu, nn.Linear) and isinstance(model.encoder.log_var, nn.Linear)
+    assert isinstance(list(model.decoder.modules())[-1], nn.Sigmoid)
+    # U-Net shape: the decoder mirrors the encoder's levels.
+    assert count_upsamplers(model.decoder) == count_downsamplers(model.encoder)
+    # No module is shared between the two paths.
+    assert not {id(p) for p in model.encoder.parameters()} & {id(p) for p in model.decoder.parameters()}
+
+
+@pytest.mark.parametrize("model_class", [VAE, CVAE])
+def test_no_skip_connections(model_class):
+    """The decoder sees only z (and y): its output equals decoding z alone, and the encoder's
+    activations never enter it."""
+    torch.manual_seed(0)
+    model = model_class(VAEConfig(width=8, latent_dim=16)).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    decoder_inputs = []
+    model.decoder.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args))
+    encoder_outputs = []
+    for m in model.encoder.modules():
+        if not list(m.children()):
+            m.register_forward_hook(lambda mod, inp, out: encoder_outputs.append(out))
+    out = model(x, y)
+    (z, y_arg, *_), = decoder_inputs
+    assert torch.equal(z, out.z)
+    assert all(t is not z for t in encoder_outputs)
+    assert torch.allclose(model.decoder(out.z, y if model.conditional else None), out.recon)
+    # A different image with the same z decodes to the same reconstruction.
+    assert torch.allclose(model.decode(out.z, y if model.conditional else None), out.recon)
+
+
+def test_forward_returns_recon_mu_log_var_z():
+    model = VAE(latent_dim=16, width=8)
+    recon, mu, log_var, z = model(torch.rand(3, 3, 32, 32))
+    assert recon.shape == (3, 3, 32, 32) and 0 <= recon.min() and recon.max() <= 1
+    assert mu.shape == log_var.shape == z.shape == (3, 16)
+
+
+def test_reparameterize():
+    mu, log_var = torch.randn(5, 4), torch.randn(5, 4)
+    torch.manual_seed(7)
+    eps = torch.randn(5, 4)
+    torch.manual_seed(7)
+    assert torch.allclose(reparameterize(mu, log_var), mu + torch.exp(0.5 * log_var) * eps)
+
+
+def test_cvae_conditions_decoder_on_class():
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=16, width=8).eval()
+    z = torch.randn(2, 16)
+    a = model.decode(z, torch.tensor([0, 0]))
+    b = model.decode(z, torch.tensor([5, 5]))
+    assert not torch.allclose(a, b)
+    assert sum(isinstance(m, nn.Embedding) for m in model.decoder.modules()) == 1
+
+
+def test_generate():
+    vae, cvae = VAE(latent_dim=16, width=8).eval(), CVAE(latent_dim=16, width=8).eval()
+    images = vae.generate(6, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+    again = vae.generate(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(images, again)
+    images, classes = cvae.generate(20, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (20, 3, 32, 32) and classes.shape == (20,) and len(set(classes.tolist())) > 1
+    images, classes = cvae.generate(3, y=torch.tensor([4, 4, 4]))
+    assert classes.tolist() == [4, 4, 4]
+
+
+def test_generate_samples_standard_normal(monkeypatch):
+    model = VAE(latent_dim=64, width=8).eval()
+    seen = []
+    monkeypatch.setattr(model, "decode", lambda z, y=None: seen.append(z) or torch.zeros(len(z), 3, 32, 32))
+    model.generate(4000, generator=torch.Generator().manual_seed(1))
+    z = seen[0]
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+
+
+def test_denormalize():
+    x = torch.tensor([-0.5, 0.0, 0.5, 0.998, 1.0, 2.0]).view(1, 1, 2, 3).expand(2, 3, 2, 3)
+    out = denormalize(x)
+    assert out.dtype == np.uint8 and out.shape == (2, 2, 3, 3)
+    assert out[0, :, :, 0].ravel().tolist() == [0, 0, 128, 254, 255, 255]
+
+
+def test_make_grid():
+    images = np.zeros((5, 4, 4, 3), np.uint8)
+    grid = make_grid(images, ncols=3, padding=1, scale=2)
+    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
+
+
+def test_acgan_generator_is_the_decoder_with_leaky_relu():
+    gan = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16))
+    vae = VAE(VAEConfig(width=8, latent_dim=16))
+    assert count_upsamplers(gan.generator) == count_upsamplers(vae.decoder) >= 2
+    assert [type(m) for m in gan.generator.upsample.modules() if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))] == \
+           [type(m) for m in vae.decoder.upsample.modules() if isinstance(m, (nn.ConvTranspose2d, nn.BatchNorm2d))]
+    assert any(isinstance(m, nn.LeakyReLU) for m in gan.generator.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in gan.generator.modules())
+    assert isinstance(list(gan.generator.modules())[-1], nn.Sigmoid)
+    assert any(isinstance(m, nn.Embedding) for m in gan.generator.modules())
+
+
+def test_acgan_discriminator_heads():
+    gan = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16))
+    adv, cls = gan.discriminator(torch.rand(5, 3, 32, 32))
+    assert adv.shape == (5,) and cls.shape == (5, 10)
+    images, classes = gan.generate(4)
+    assert images.shape == (4, 3, 32, 32) and classes.shape == (4,)
