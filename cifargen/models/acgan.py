@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .vae import Decoder, VAEConfig, leaky_relu
+from .vae import Decoder, VAEConfig, leaky_relu, sample_latents
 
 
 @dataclass
@@ -100,9 +100,6 @@ class ACGAN(nn.Module):
     @torch.no_grad()
     def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """``n`` images from z ~ N(0, I) for classes ``y`` (random when None); returns ``(images, y)``."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dim, generator=generator)
-        if y is None:
-            y = torch.randint(self.config.num_classes, (n,), generator=generator)
-        y = torch.as_tensor(y, dtype=torch.long).to(device)
-        return self.generator(z.to(device), y), y
+        z, y = sample_latents(n, self.config.latent_dim, self.config.num_classes, y, generator,
+                              next(self.parameters()).device)
+        return self.generator(z, y), y

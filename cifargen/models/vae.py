@@ -151,6 +151,17 @@ def reparameterize(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
 
 
+def sample_latents(n: int, latent_dim: int, num_classes: int, y, generator: torch.Generator | None, device):
+    """z ~ N(0, I) of shape (n, latent_dim) and classes ``y`` (uniform at random when None), on ``device``.
+
+    Drawn on the CPU so that a seeded ``generator`` gives the same samples on every device.
+    """
+    z = torch.randn(n, latent_dim, generator=generator)
+    if y is None:
+        y = torch.randint(num_classes, (n,), generator=generator)
+    return z.to(device), torch.as_tensor(y, dtype=torch.long).to(device)
+
+
 class VAE(nn.Module):
     """Variational autoencoder. ``forward(x, y)`` ignores ``y``; :class:`CVAE` uses it."""
 
@@ -209,9 +220,5 @@ class CVAE(VAE):
 
         Returns ``(images, y)``: the images in [0, 1] and the classes used.
         """
-        z = torch.randn(n, self.config.latent_dim, generator=generator)
-        if y is None:
-            y = torch.randint(self.config.num_classes, (n,), generator=generator)
-        device = self._device()
-        y = torch.as_tensor(y, dtype=torch.long).to(device)
-        return self.decode(z.to(device), y), y
+        z, y = sample_latents(n, self.config.latent_dim, self.config.num_classes, y, generator, self._device())
+        return self.decode(z, y), y
