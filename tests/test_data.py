@@ -165,3 +165,19 @@ def test_to_float_scales_only():
 def test_limit_larger_than_data_is_refused(cifar_root):
     with pytest.raises(DataError, match="holds 120"):
         load_cifar10(cifar_root, train=False, download=False).head(1000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_mutated_batch_only_raises_data_error_or_parses(data):
+    images = make_images(4, 0)
+    raw = bytearray(pickle.dumps({b"data": images.reshape(4, -1), b"labels": [0, 1, 2, 3]}, protocol=3))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(raw) - 1))
+        raw[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(raw)))
+    try:
+        x, y = read_cifar_batch(bytes(raw[:cut]), "mutated")
+    except DataError:
+        return
+    assert x.dtype == np.uint8 and x.shape[1:] == (3, 32, 32) and len(y) == len(x)
