@@ -112,11 +112,17 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _saved_config(model: str, out: Path, config):
-    """The configuration a run was started with, read from its metrics.json, for --resume."""
-    path = out / "metrics.json"
+    """The configuration a run was started with, read from its checkpoint, for --resume."""
+    import pickle
+
+    import torch
+
+    from .training import CHECKPOINT
+
+    path = out / CHECKPOINT
     try:
-        saved = json.loads(path.read_text())["config"]
-    except (OSError, ValueError, KeyError):
+        saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError):
         raise ConfigError(f"cannot resume: {path} is missing or unreadable; is {out} a cifargen run folder?") from None
     if saved.get("model") != model:
         raise ConfigError(f"cannot resume: {out} holds a {saved.get('model')} run, not {model}")

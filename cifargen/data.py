@@ -324,8 +324,12 @@ class BatchLoader:
         return -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (float images, labels) batches, skipping the first ``start_step`` batches."""
         order = self.indices().to(self.data.images.device)
-        for start in range(0, order.numel(), self.batch_size):
+        for start in range(start_step * self.batch_size, order.numel(), self.batch_size):
             index = order[start:start + self.batch_size]
             x = to_float(self.data.images[index]).contiguous(memory_format=self.memory_format)
             yield x, self.data.labels[index]

@@ -225,14 +225,23 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
     best_value, best_epoch, start_epoch = None, None, 0
     wall_before = 0.0
 
+    partial = None  # the interrupted epoch's progress, when resuming after Ctrl-C
     if config.resume:
         state = torch.load(out_dir / CHECKPOINT, map_location=recipe.device, weights_only=True)
         recipe.load_state_dict(state["recipe"])
         loader.generator.set_state(state["data_generator"])
         set_rng_state(state["rng"])
         history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
-        start_epoch, wall_before = state["epoch"] + 1, state["wall_time_s"]
-        log(f"resuming {out_dir} after epoch {start_epoch}")
+        start_epoch, wall_before, partial = state["epoch"] + 1, state["wall_time_s"], state.get("partial")
+        where = f"epoch {start_epoch + 1}, step {partial['next_step'] + 1}" if partial else f"epoch {start_epoch + 1}"
+        log(f"resuming {out_dir} at {where}")
+
+    def save_checkpoint(last_complete_epoch: int, wall: float, partial_epoch: dict | None = None) -> None:
+        atomic_torch_save({
+            "recipe": recipe.state_dict(), "epoch": last_complete_epoch, "history": history, "best_value": best_value,
+            "best_epoch": best_epoch, "rng": rng_state(), "data_generator": loader.generator.get_state(),
+            "wall_time_s": wall, "partial": partial_epoch, "config": config.to_dict(),
+        }, out_dir / CHECKPOINT)
 
     def metrics_dict(finished: bool, wall: float) -> dict:
         best_entry = history[best_epoch] if best_epoch is not None else None
@@ -261,11 +270,18 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
             epoch_start = time.perf_counter()
             logged = recipe.start_epoch(epoch)
             recipe.train()
-            sums, count, names = None, 0, None
-            first_bad_step = torch.full((), -1, dtype=torch.long, device=recipe.device)
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress,
-                       unit="batch", file=sys.stderr)
-            for step, (x, y) in enumerate(bar):
+            if partial is not None:  # re-draw the interrupted epoch's order and carry on after its last step
+                loader.generator.set_state(partial["generator_before_epoch"])
+                first_step, sums, count, names = partial["next_step"], partial["sums"], partial["count"], partial["names"]
+                first_bad_step = partial["first_bad_step"]
+                partial = None
+            else:
+                first_step, sums, count, names = 0, None, 0, None
+                first_bad_step = torch.full((), -1, dtype=torch.long, device=recipe.device)
+            generator_before_epoch = loader.generator.get_state()
+            bar = tqdm(loader.batches(first_step), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                       total=len(loader), initial=first_step, disable=not config.progress, unit="batch", file=sys.stderr)
+            for step, (x, y) in enumerate(bar, start=first_step):
                 out = recipe.train_step(x, y)
                 values = torch.stack([v.float() for v in out.values()])
                 if sums is None:
@@ -276,12 +292,14 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                 bad = ~torch.isfinite(values).all() & (first_bad_step < 0)
                 first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
                 if stop.requested:
-                    break
+                    save_checkpoint(epoch - 1, time.perf_counter() - started, {
+                        "next_step": step + 1, "sums": sums, "count": count, "names": names,
+                        "first_bad_step": first_bad_step, "generator_before_epoch": generator_before_epoch})
+                    bar.close()
+                    log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {out_dir / CHECKPOINT}. "
+                        f"Continue with: cifargen train {config.model} --resume {out_dir}")
+                    raise KeyboardInterrupt
             bar.close()
-            if stop.requested:
-                log(f"interrupted during epoch {epoch + 1}; the last complete epoch is saved in {out_dir / CHECKPOINT}. "
-                    f"Continue with: cifargen train {config.model} --out {out_dir} --resume")
-                raise KeyboardInterrupt
             bad_step = int(first_bad_step)  # one host sync per epoch
             if bad_step >= 0:
                 last_good = out_dir / CHECKPOINT if history else None
@@ -303,11 +321,7 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                 atomic_torch_save({"models": recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
                                    "config": config.to_dict()}, out_dir / BEST_CHECKPOINT)
             wall = time.perf_counter() - started
-            atomic_torch_save({
-                "recipe": recipe.state_dict(), "epoch": epoch, "history": history, "best_value": best_value,
-                "best_epoch": best_epoch, "rng": rng_state(), "data_generator": loader.generator.get_state(),
-                "wall_time_s": wall,
-            }, out_dir / CHECKPOINT)
+            save_checkpoint(epoch, wall)
             recipe.epoch_figures(epoch, test_set, out_dir)
             atomic_write_json(metrics_dict(False, wall), out_dir / METRICS)
             log(_summary_line(epoch, config.epochs, logged, train_means, test_metrics, seconds, improved))

@@ -111,3 +111,65 @@ def test_non_finite_loss_stops_with_epoch_and_step(cifar_root, tmp_path, monkeyp
     monkeypatch.setattr(VAERecipe, "train_step", poisoned)
     with pytest.raises(TrainingError, match="epoch 1, step 2"):
         run("vae", cifar_root, tmp_path, epochs=1, batch_size=64)
+
+
+def _history_without_timings(metrics):
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_matches(cifar_root, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cifargen.recipes.vae import VAERecipe
+
+    full = run("vae", cifar_root, tmp_path / "full", epochs=2, batch_size=64)
+    original = VAERecipe.train_step
+    calls = {"n": 0}
+
+    def interrupting(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, step 2 (4 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
+
+    monkeypatch.setattr(VAERecipe, "train_step", interrupting)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "cut"), epochs=2, batch_size=64, **QUICK), log=lines.append)
+    assert "interrupted at epoch 2, step 2" in lines[-1] and "--resume" in lines[-1]
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert state["partial"]["next_step"] == 2 and state["epoch"] == 0
+    monkeypatch.setattr(VAERecipe, "train_step", original)
+    resumed = train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "cut"), epochs=2,
+                                   batch_size=64, resume=True, **QUICK))
+    assert _history_without_timings(resumed) == _history_without_timings(full)
+
+
+def test_sigkill_then_resume_matches(cifar_root, tmp_path):
+    """A real process killed with SIGKILL mid-run resumes to the uninterrupted run's figures."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--data-dir", str(cifar_root), "--epochs", "4", "--limit-train", "256", "--limit-test", "120",
+            "--threads", "1", "--no-progress"]
+    full = run("vae", cifar_root, tmp_path / "full", epochs=4, threads=1)
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "cifargen", "train", "vae", "--out", str(out), *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {"finished": False}
+    assert not done["finished"], "the run finished before it could be killed; make it longer"
+    resumed = subprocess.run([sys.executable, "-m", "cifargen", "train", "vae", "--resume", str(out), *args],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["finished"] and saved["best"] == full["best"]
+    assert _history_without_timings(saved) == _history_without_timings(full)
