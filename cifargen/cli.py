@@ -113,17 +113,15 @@ def config_from_args(args: argparse.Namespace):
 
 def _saved_config(model: str, out: Path, config):
     """The configuration a run was started with, read from its checkpoint, for --resume."""
-    import pickle
-
-    import torch
-
-    from .training import CHECKPOINT
+    from .training import CHECKPOINT, load_checkpoint
 
     path = out / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {path} does not exist; is {out} a cifargen run folder?")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["config"]
-    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError, EOFError):
-        raise ConfigError(f"cannot resume: {path} is missing or unreadable; is {out} a cifargen run folder?") from None
+        saved = load_checkpoint(path, "cpu")["config"]
+    except KeyError:
+        raise ConfigError(f"cannot resume: {path} holds no run configuration") from None
     if saved.get("model") != model:
         raise ConfigError(f"cannot resume: {out} holds a {saved.get('model')} run, not {model}")
     return _from_dict(type(config), saved)

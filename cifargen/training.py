@@ -227,7 +227,7 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
 
     partial = None  # the interrupted epoch's progress, when resuming after Ctrl-C
     if config.resume:
-        state = torch.load(out_dir / CHECKPOINT, map_location=recipe.device, weights_only=True)
+        state = load_checkpoint(out_dir / CHECKPOINT, recipe.device)
         recipe.load_state_dict(state["recipe"])
         loader.generator.set_state(state["data_generator"])
         set_rng_state(state["rng"])
@@ -327,13 +327,24 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
             log(_summary_line(epoch, config.epochs, logged, train_means, test_metrics, seconds, improved))
 
     wall = time.perf_counter() - started
-    best = torch.load(out_dir / BEST_CHECKPOINT, map_location=recipe.device, weights_only=True)
+    best = load_checkpoint(out_dir / BEST_CHECKPOINT, recipe.device)
     recipe.load_model_state(best["models"])
     recipe.eval()
     metrics = metrics_dict(True, wall)
     metrics.update(recipe.final_outputs(metrics, test_set, out_dir))
     atomic_write_json(metrics, out_dir / METRICS)
     return metrics
+
+
+def load_checkpoint(path: Path, device) -> dict:
+    """Load a cifargen checkpoint without running pickled code (``weights_only=True``)."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"cannot load checkpoint {path} ({str(exc).splitlines()[0][:200]}); "
+                          "it is damaged or not a cifargen checkpoint: start the run again with --overwrite") from None
 
 
 def device_name(device: torch.device) -> str:

@@ -59,3 +59,26 @@ def test_flags_map_onto_config():
     args = build_parser().parse_args(["train", "vae", "--epochs", "7", "--kl-shape", "linear", "--width", "16"])
     config = config_from_args(args)
     assert config.epochs == 7 and config.kl.shape == "linear" and config.arch.width == 16 and config.lr == 5e-4
+
+
+def test_planted_checkpoint_runs_nothing(tmp_path, capsys):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(pickle.dumps({"config": Evil()}))
+    assert main(["train", "vae", "--resume", str(run_dir)]) == 2
+    assert "cannot load checkpoint" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_resume_without_a_run_is_refused(tmp_path, capsys):
+    assert main(["train", "vae", "--resume", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -181,3 +181,16 @@ def test_mutated_batch_only_raises_data_error_or_parses(data):
     except DataError:
         return
     assert x.dtype == np.uint8 and x.shape[1:] == (3, 32, 32) and len(y) == len(x)
+
+
+def test_wrong_archive_names_the_file(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"this is not a gzip file")
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz.*delete it"):
+        load_cifar10(tmp_path, train=True, download=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    with tarfile.open(other / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("readme.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DataError, match="not the CIFAR-10 python archive"):
+        load_cifar10(other, train=True, download=False)

@@ -104,13 +104,17 @@ def test_non_finite_loss_stops_with_epoch_and_step(cifar_root, tmp_path, monkeyp
     def poisoned(self, x, y):
         out = original(self, x, y)
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 6:  # epoch 2, step 2 (4 steps per epoch)
             out["loss"] = out["loss"] * float("nan")
         return out
 
     monkeypatch.setattr(VAERecipe, "train_step", poisoned)
-    with pytest.raises(TrainingError, match="epoch 1, step 2"):
-        run("vae", cifar_root, tmp_path, epochs=1, batch_size=64)
+    with pytest.raises(TrainingError, match=r"epoch 2, step 2.*last good checkpoint .*last.pt \(epoch 1\)"):
+        run("vae", cifar_root, tmp_path, epochs=3, batch_size=64)
+    # What was written before the fault is intact: epoch 1's checkpoint and metrics.
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_completed"] == 1
 
 
 def _history_without_timings(metrics):
