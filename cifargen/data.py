@@ -320,8 +320,9 @@ class BatchLoader:
         return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        per_rank = len(range(self.rank, len(self.data), self.world_size))
-        return -(-per_rank // self.batch_size)
+        # Every rank takes the same number of steps (DDP needs it): that of the largest shard.
+        largest_shard = -(-len(self.data) // self.world_size)
+        return -(-largest_shard // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
@@ -329,7 +330,10 @@ class BatchLoader:
     def batches(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (float images, labels) batches, skipping the first ``start_step`` batches."""
         order = self.indices().to(self.data.images.device)
-        for start in range(start_step * self.batch_size, order.numel(), self.batch_size):
-            index = order[start:start + self.batch_size]
+        if self.world_size == 1:
+            chunks = order.split(self.batch_size)
+        else:  # near-equal batches, so that shards one image apart still take the same number of steps
+            chunks = order.tensor_split(len(self))
+        for index in chunks[start_step:]:
             x = to_float(self.data.images[index]).contiguous(memory_format=self.memory_format)
             yield x, self.data.labels[index]

@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from .data import BatchLoader, ImageDataset, default_data_dir
 from .errors import ConfigError, TrainingError
-from .runtime import (atomic_torch_save, atomic_write_json, physical_cores, resolve_device, resolve_precision,
-                      rng_state, seed_everything, set_rng_state)
+from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
+                      physical_cores, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state)
 
 CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -86,6 +86,20 @@ class Recipe:
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
+
+    def wrap(self, module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
+        """The module the step should call: DDP-wrapped under torchrun, compiled with ``--compile``.
+
+        Checkpoints and evaluation use the plain module, which shares its parameters.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
+        return torch.compile(module) if self.config.compile else module
 
     # --- called by the loop -------------------------------------------------------------
     def start_epoch(self, epoch: int) -> dict[str, float]:
@@ -177,7 +191,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Create the run folder; refuse to clobber an existing run unless asked to."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -220,7 +234,12 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
     config = recipe.config
     out_dir = Path(out_dir)
     log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    loader = BatchLoader(train_set, config.batch_size, recipe.device, shuffle=True, seed=config.seed)
+    rank, world_size, _ = distributed_env()
+    is_main = rank == 0  # only rank 0 writes files and logs
+    if not is_main:
+        log = lambda line: None  # noqa: E731
+    loader = BatchLoader(train_set, config.batch_size, recipe.device, shuffle=True, seed=config.seed,
+                         rank=rank, world_size=world_size)
     history: list[dict] = []
     best_value, best_epoch, start_epoch = None, None, 0
     wall_before = 0.0
@@ -237,6 +256,8 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
         log(f"resuming {out_dir} at {where}")
 
     def save_checkpoint(last_complete_epoch: int, wall: float, partial_epoch: dict | None = None) -> None:
+        if not is_main:
+            return
         atomic_torch_save({
             "recipe": recipe.state_dict(), "epoch": last_complete_epoch, "history": history, "best_value": best_value,
             "best_epoch": best_epoch, "rng": rng_state(), "data_generator": loader.generator.get_state(),
@@ -260,10 +281,13 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
             "device_name": device_name(recipe.device),
             "precision": str(recipe.autocast_dtype or torch.float32).replace("torch.", ""),
             "threads": torch.get_num_threads(),
+            "world_size": world_size,
             "torch_version": torch.__version__,
             "wall_time_s": round(wall, 2),
         }
 
+    if world_size > 1:  # identical weights, but each rank draws its own noise
+        torch.manual_seed(config.seed * 7919 + rank * 104729 + start_epoch)
     started = time.perf_counter() - wall_before
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -280,7 +304,8 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                 first_bad_step = torch.full((), -1, dtype=torch.long, device=recipe.device)
             generator_before_epoch = loader.generator.get_state()
             bar = tqdm(loader.batches(first_step), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                       total=len(loader), initial=first_step, disable=not config.progress, unit="batch", file=sys.stderr)
+                       total=len(loader), initial=first_step, disable=not (config.progress and is_main), unit="batch",
+                       file=sys.stderr)
             for step, (x, y) in enumerate(bar, start=first_step):
                 out = recipe.train_step(x, y)
                 values = torch.stack([v.float() for v in out.values()])
@@ -300,6 +325,10 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                         f"Continue with: cifargen train {config.model} --resume {out_dir}")
                     raise KeyboardInterrupt
             bar.close()
+            if world_size > 1:  # epoch figures over all ranks' shards
+                all_reduce_(sums)
+                count = int(all_reduce_(torch.tensor(count, device=recipe.device)))
+                all_reduce_(first_bad_step, op="max")
             bad_step = int(first_bad_step)  # one host sync per epoch
             if bad_step >= 0:
                 last_good = out_dir / CHECKPOINT if history else None
@@ -318,21 +347,24 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
             improved = recipe.is_better(value, best_value)
             if improved:
                 best_value, best_epoch = value, epoch
+            if improved and is_main:
                 atomic_torch_save({"models": recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
                                    "config": config.to_dict()}, out_dir / BEST_CHECKPOINT)
             wall = time.perf_counter() - started
             save_checkpoint(epoch, wall)
-            recipe.epoch_figures(epoch, test_set, out_dir)
-            atomic_write_json(metrics_dict(False, wall), out_dir / METRICS)
+            if is_main:
+                recipe.epoch_figures(epoch, test_set, out_dir)
+                atomic_write_json(metrics_dict(False, wall), out_dir / METRICS)
             log(_summary_line(epoch, config.epochs, logged, train_means, test_metrics, seconds, improved))
 
     wall = time.perf_counter() - started
-    best = load_checkpoint(out_dir / BEST_CHECKPOINT, recipe.device)
-    recipe.load_model_state(best["models"])
-    recipe.eval()
     metrics = metrics_dict(True, wall)
-    metrics.update(recipe.final_outputs(metrics, test_set, out_dir))
-    atomic_write_json(metrics, out_dir / METRICS)
+    if is_main:
+        best = load_checkpoint(out_dir / BEST_CHECKPOINT, recipe.device)
+        recipe.load_model_state(best["models"])
+        recipe.eval()
+        metrics.update(recipe.final_outputs(metrics, test_set, out_dir))
+        atomic_write_json(metrics, out_dir / METRICS)
     return metrics
 
 
@@ -361,11 +393,14 @@ def setup_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | None
     """Validate ``config``, pick the device, threads and precision, and seed every RNG."""
     config.validate()
     device = resolve_device(config.device)
-    torch.set_num_threads(config.threads or physical_cores())
+    rank, world_size, _ = distributed_env()
+    if world_size > 1:
+        device = init_distributed(device)
+    torch.set_num_threads(config.threads or max(1, physical_cores() // (world_size if device.type == "cpu" else 1)))
     dtype = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     return device, dtype

@@ -48,8 +48,9 @@ class ACGANRecipe(Recipe):
         self.gan = ACGAN(arch).to(device, memory_format=torch.channels_last)
         self.generator, self.discriminator = self.gan.generator, self.gan.discriminator
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}
-        compile_ = torch.compile if config.compile else (lambda m: m)
-        self.step_generator, self.step_discriminator = compile_(self.generator), compile_(self.discriminator)
+        self.step_generator = self.wrap(self.generator)
+        # D runs forward twice per step (its own update, then the generator's): no buffer broadcasts.
+        self.step_discriminator = self.wrap(self.discriminator, broadcast_buffers=False)
         fused = device.type in ("cuda", "cpu")
         self.optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas, fused=fused),
@@ -82,10 +83,11 @@ class ACGANRecipe(Recipe):
         opt_d.step()
 
         # Generator: fool the real/fake head and be classified as the sampled class. The
-        # discriminator's weights get no gradient here (saves a third of its backward pass).
+        # discriminator's weights get no gradient here (saves a third of its backward pass), and
+        # it is called unwrapped: under DDP only the generator's gradients are synchronised.
         self.discriminator.requires_grad_(False)
         with autocast(self.device, self.autocast_dtype):
-            adv_g, cls_g = self.step_discriminator(self._augment(fake))
+            adv_g, cls_g = self.discriminator(self._augment(fake))
         g_loss = adversarial_loss(adv_g, True) + auxiliary_loss(cls_g, y_fake)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

@@ -55,8 +55,7 @@ class VAERecipe(Recipe):
         super().__init__(config, class_names, device, autocast_dtype)
         self.model = make_generator_model(config, len(class_names)).to(device, memory_format=torch.channels_last)
         self.modules = {"model": self.model}
-        # The compiled wrapper shares parameters with self.model; checkpoints use the plain module.
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = self.wrap(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=device.type in ("cuda", "cpu"))
         self.optimizers = {"model": self.optimizer}
         self.schedulers = {"model": torch.optim.lr_scheduler.MultiStepLR(
