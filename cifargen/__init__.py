@@ -4,6 +4,7 @@ from .data import CIFAR10_CLASSES, BatchLoader, ImageDataset, load_cifar10, load
 from .errors import CifargenError, ConfigError, DataError, TrainingError
 from .images import denormalize, make_grid
 from .losses import kl_divergence, reconstruction_loss, ssim
+from .modelfile import load, save_model
 from .models import CVAE, VAE, VAEConfig
 from .recipes import MODELS, default_config, train
 from .schedules import KLSchedule
@@ -14,5 +15,5 @@ __all__ = [
     "CIFAR10_CLASSES", "BatchLoader", "ImageDataset", "load_cifar10", "load_dataset", "load_image_folder",
     "CifargenError", "ConfigError", "DataError", "TrainingError", "denormalize", "make_grid",
     "kl_divergence", "reconstruction_loss", "ssim", "VAE", "CVAE", "VAEConfig", "MODELS", "default_config",
-    "train", "KLSchedule",
+    "train", "KLSchedule", "load", "save_model",
 ]

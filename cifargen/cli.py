@@ -82,6 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run in --out (or in RUN_DIR) from its last complete epoch")
     train.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bars")
+
+    evaluate = commands.add_parser("eval", help="recompute a trained model's test-set figures",
+                                   description="Recompute the headline test figures of a trained model "
+                                               "(a run folder or a model.safetensors file) and print them.")
+    evaluate.add_argument("run", help="run folder (holding model.safetensors and config.json) or model file")
+    evaluate.add_argument("--data-dir", help="CIFAR-10 root (default: the one the model was trained with)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    evaluate.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                          help="default: the precision the model was trained and evaluated with")
+    evaluate.add_argument("--limit-test", type=_positive_int, metavar="N",
+                          help="first N test images (default: as in training)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sample = commands.add_parser("sample", help="draw sample grids from a trained model",
+                                 description="Write samples.png (one row per class for conditional models) and, "
+                                             "with --interpolate, interpolation.png, upscaled 4x (nearest).")
+    sample.add_argument("run", help="run folder or model.safetensors file")
+    sample.add_argument("--out", required=True, help="folder for the PNG grids")
+    sample.add_argument("--n", type=_positive_int, default=100, help="number of samples (default: 100)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--interpolate", action="store_true", help="also interpolate between the z of two seeds")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return parser
 
 
@@ -152,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics = train(config_from_args(args))
             print(json.dumps({"out": metrics["config"]["out"], "best_epoch": metrics["best_epoch"],
                               "best": metrics["best"], "wall_time_s": metrics["wall_time_s"]}, indent=2))
+        elif args.command == "eval":
+            run_eval(args)
+        elif args.command == "sample":
+            run_sample(args)
         return 0
     except CifargenError as exc:
         print(f"cifargen: error: {exc}", file=sys.stderr)
@@ -159,3 +185,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cifargen: interrupted", file=sys.stderr)
         return 130
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """``cifargen eval``: load the model, evaluate it on the test set, print a table or JSON."""
+    from .data import default_data_dir, load_dataset
+    from .evaluation import evaluate_model
+    from .modelfile import load
+    from .plotting import plot_confusion
+    from .runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    model = load(args.run, device)
+    training = model.model_config.get("training", {})
+    trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")
+    precision = args.precision or ("bf16" if trained_precision == "bfloat16" else "fp32")
+    dtype = resolve_precision(precision, device)
+    data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
+    test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
+    figures = evaluate_model(model, test_set, device, dtype)
+    if model.kind == "acgan":
+        folder = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+        plot_confusion(figures["confusion"], test_set.class_names, folder / "confusion.png",
+                       f"AC-GAN auxiliary classifier on {len(test_set)} test images")
+    result = {"model": model.kind, "test_images": len(test_set), "precision": precision, "device": str(device),
+              **figures}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rows = [(k, v) for k, v in figures.items() if isinstance(v, float)]
+        rows += [(f"accuracy[{name}]", v) for name, v in figures.get("per_class_accuracy", {}).items()]
+        width = max(len(k) for k, _ in rows)
+        print(f"{model.kind} on {len(test_set)} test images ({device}, {precision})")
+        for key, value in rows:
+            print(f"  {key:<{width}}  {value:.4f}")
+    return result
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    """``cifargen sample``: write sample grids from a trained model."""
+    from .modelfile import load
+    from .runtime import resolve_device
+    from .sampling import write_samples
+
+    device = resolve_device(args.device)
+    model = load(args.run, device)
+    for path in write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device):
+        print(path)

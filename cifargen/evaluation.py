@@ -68,3 +68,19 @@ def evaluate_acgan(discriminator, dataset: ImageDataset, device, autocast_dtype=
     """Auxiliary classification accuracy of the discriminator on real test images."""
     predicted, true = classifier_predictions(discriminator, dataset, device, autocast_dtype)
     return {"accuracy": float((predicted == true).double().mean())}
+
+
+def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
+    """The headline test figures of a loaded model (see :func:`cifargen.load`).
+
+    VAE/CVAE: mean per-sample ``rec`` and its parts and ``kl``. AC-GAN: ``accuracy``,
+    ``per_class_accuracy`` and ``confusion`` (rows: true class, columns: predicted).
+    """
+    if model.kind in ("vae", "cvae"):
+        return evaluate_vae(model, dataset, device, autocast_dtype)
+    predicted, true = classifier_predictions(model.discriminator, dataset, device, autocast_dtype)
+    classes = len(dataset.class_names)
+    confusion = torch.bincount(true * classes + predicted, minlength=classes * classes).view(classes, classes)
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
+    return {"accuracy": float((predicted == true).double().mean()),
+            "per_class_accuracy": dict(zip(dataset.class_names, per_class)), "confusion": confusion.tolist()}

@@ -102,3 +102,22 @@ def plot_curves(epochs: Sequence[int], curves: dict[str, Sequence[float]], path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_confusion(confusion, class_names: Sequence[str], path: str | os.PathLike, title: str) -> None:
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    plt = _pyplot()
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                color="white" if value > matrix.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

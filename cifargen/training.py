@@ -124,8 +124,9 @@ class Recipe:
         """Figures and extra figures after training, with the best weights loaded."""
         return {}
 
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+    def export_model(self) -> nn.Module:
+        """The trained network to write as ``model.safetensors`` (it has ``kind`` and ``config``)."""
+        raise NotImplementedError
 
     # --- state --------------------------------------------------------------------------
     def model_state(self) -> dict:
@@ -364,6 +365,11 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
         recipe.load_model_state(best["models"])
         recipe.eval()
         metrics.update(recipe.final_outputs(metrics, test_set, out_dir))
+        from .modelfile import save_model
+
+        save_model(recipe.export_model(), out_dir, recipe.class_names, training=config.to_dict(),
+                   metrics={"best_epoch": metrics["best_epoch"], "best": metrics["best"],
+                            "precision": metrics["precision"], "device": metrics["device"]})
         atomic_write_json(metrics, out_dir / METRICS)
     return metrics
 

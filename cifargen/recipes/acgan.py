@@ -61,6 +61,9 @@ class ACGANRecipe(Recipe):
         self.fixed_z = torch.randn(NUM_FIXED_SAMPLES, arch.latent_dim, generator=fixed)
         self.fixed_classes = torch.randint(arch.num_classes, (NUM_FIXED_SAMPLES,), generator=fixed)
 
+    def export_model(self):
+        return self.gan
+
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return random_flip(x) if self.config.flip_augment else x
 

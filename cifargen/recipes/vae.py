@@ -62,6 +62,9 @@ class VAERecipe(Recipe):
             self.optimizer, lr_milestones(config.epochs, config.lr_decay_at), config.lr_decay_factor)}
         self.kl_weight = 0.0
 
+    def export_model(self):
+        return self.model
+
     def start_epoch(self, epoch: int) -> dict[str, float]:
         self.kl_weight = self.config.kl.weight(epoch, self.config.epochs)
         return {"kl_weight": self.kl_weight, "lr": self.optimizer.param_groups[0]["lr"]}
