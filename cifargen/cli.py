@@ -26,6 +26,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           f"there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
     train.add_argument("--out", help="run folder for figures, checkpoints and metrics.json (default: visualize/<model>, visualize/gan for acgan)")
     train.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    train.add_argument("--seed", type=int, help="random seed (default: 0)")
+    train.add_argument("--seed", type=_seed, help="random seed (default: 0)")
     train.add_argument("--limit-train", type=_positive_int, metavar="N", help="train on the first N training images only")
     train.add_argument("--limit-test", type=_positive_int, metavar="N", help="evaluate on the first N test images only")
     train.add_argument("--precision", choices=["auto", "bf16", "fp32"],
@@ -94,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit-test", type=_positive_int, metavar="N",
                           help="first N test images (default: as in training)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--confusion", metavar="PNG", help="AC-GAN: also save the confusion matrix figure here")
 
     sample = commands.add_parser("sample", help="draw sample grids from a trained model",
                                  description="Write samples.png (one row per class for conditional models) and, "
@@ -101,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run", help="run folder or model.safetensors file")
     sample.add_argument("--out", required=True, help="folder for the PNG grids")
     sample.add_argument("--n", type=_positive_int, default=100, help="number of samples (default: 100)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sample.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     sample.add_argument("--interpolate", action="store_true", help="also interpolate between the z of two seeds")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return parser
 
 
+_RESUMABLE_CHANGES = {"out", "device", "threads", "progress", "data_dir", "overwrite"}
 _TOP_LEVEL = ("epochs", "batch_size", "lr", "data_dir", "out", "device", "seed", "limit_train", "limit_test",
               "precision", "compile", "threads", "overwrite", "progress")
 
@@ -120,10 +132,17 @@ def config_from_args(args: argparse.Namespace):
         overrides["out"] = args.resume
     resume = args.resume is not None
     config = default_config(args.model)
+    arch = {k: v for k, v in (("latent_dim", args.latent_dim), ("width", args.width)) if v is not None}
     if resume:
         config = _saved_config(args.model, Path(overrides.get("out") or model_entry(args.model).default_out), config)
+        # A resumed run must be the run that was started: only where and how it runs may change.
+        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + (["kl_shape"] if args.kl_shape else [])
+        changed = [name for name in changed if name in arch or name == "kl_shape" or overrides[name] != getattr(config, name)]
+        if changed:
+            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
+            raise ConfigError(f"{flags} cannot change when resuming; resume with the run's own settings, "
+                              "or start a new run with --overwrite or another --out")
     config = dataclasses.replace(config, **overrides, resume=resume)
-    arch = {k: v for k, v in (("latent_dim", args.latent_dim), ("width", args.width)) if v is not None}
     if arch:
         config.arch = dataclasses.replace(config.arch, **arch)
     if args.kl_shape is not None:
@@ -204,10 +223,12 @@ def run_eval(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
     test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
     figures = evaluate_model(model, test_set, device, dtype)
-    if model.kind == "acgan":
-        folder = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-        plot_confusion(figures["confusion"], test_set.class_names, folder / "confusion.png",
-                       f"AC-GAN auxiliary classifier on {len(test_set)} test images")
+    if model.kind == "acgan" and args.confusion:
+        try:
+            plot_confusion(figures["confusion"], test_set.class_names, args.confusion,
+                           f"AC-GAN auxiliary classifier on {len(test_set)} test images")
+        except OSError as exc:
+            raise ConfigError(f"cannot write --confusion {args.confusion} ({exc.strerror or exc})") from None
     result = {"model": model.kind, "test_images": len(test_set), "precision": precision, "device": str(device),
               **figures}
     if args.json:
@@ -230,5 +251,9 @@ def run_sample(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     model = load(args.run, device)
-    for path in write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device):
+    try:
+        paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out {args.out} ({exc.strerror or exc}); choose a writable folder") from None
+    for path in paths:
         print(path)

@@ -203,7 +203,10 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
     """
     from tqdm.auto import tqdm
 
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the data folder {root} ({exc.strerror or exc}); pass --data-dir FOLDER") from None
     target = root / CIFAR10_ARCHIVE
     partial = root / (CIFAR10_ARCHIVE + ".part")
     manual = (f"download {url} by hand and put it (or its extracted {CIFAR10_FOLDER}/ folder) in {root.resolve()}, "
@@ -243,19 +246,27 @@ def is_image_folder(root: str | os.PathLike) -> bool:
     return any(any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()) for d in _class_folders(base))
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int = 32) -> ImageDataset:
+def load_image_folder(root: str | os.PathLike, image_size: int = 32,
+                      class_names: tuple[str, ...] | None = None) -> ImageDataset:
     """Read ``root/<class>/*.png|jpg`` into memory; classes are the sorted folder names.
 
-    Images are converted to RGB and must be ``image_size`` pixels square (resize yours first).
+    Pass the training split's ``class_names`` when reading a test split, so that labels agree
+    even if a class folder is missing there. Images are converted to RGB and must be
+    ``image_size`` pixels square (resize yours first).
     """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: pass --data-dir pointing at root/<class>/*.png")
-    classes = _class_folders(root)
+    found = _class_folders(root)
+    names = tuple(class_names) if class_names is not None else tuple(p.name for p in found)
+    unknown = [p.name for p in found if p.name not in names]
+    if unknown:
+        raise DataError(f"{root} has class folders {unknown} that the training split lacks; use the same classes in both")
     images, labels = [], []
-    for index, folder in enumerate(classes):
+    for folder in found:
+        index = names.index(folder.name)
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
@@ -271,19 +282,21 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 32) -> ImageDat
     if not images:
         raise DataError(f"no .png or .jpg images found under {root}/<class>/: check --data-dir")
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return ImageDataset(stacked, torch.tensor(labels, dtype=torch.int64), tuple(p.name for p in classes))
+    return ImageDataset(stacked, torch.tensor(labels, dtype=torch.int64), names)
 
 
-def load_dataset(root: str | os.PathLike, train: bool, download: bool = True) -> ImageDataset:
+def load_dataset(root: str | os.PathLike, train: bool, download: bool = True,
+                 class_names: tuple[str, ...] | None = None) -> ImageDataset:
     """Load a split from ``root``: CIFAR-10 (official layout) or an image folder.
 
     An image folder with ``train/`` and ``test/`` sub-folders gives both splits; a single
-    ``root/<class>/`` folder serves as both. Otherwise CIFAR-10 is read (downloaded if absent).
+    ``root/<class>/`` folder serves as both (so test figures are then on training images).
+    Otherwise CIFAR-10 is read (downloaded if absent).
     """
     root = Path(root)
     if not has_cifar10(root) and is_image_folder(root):
         split = root / ("train" if train else "test")
-        return load_image_folder(split if split.is_dir() else root)
+        return load_image_folder(split if split.is_dir() else root, class_names=class_names)
     return load_cifar10(root, train=train, download=download)
 
 

@@ -72,7 +72,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     try:
         config = json.loads(config_path.read_text())
         model = build_model(config["kind"], config["arch"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{config_path} is not a cifargen model configuration ({exc})") from None
     try:
         state = load_file(str(weights), device=str(device))

@@ -63,6 +63,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
 
@@ -165,13 +167,20 @@ class Recipe:
 
 
 class _StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step (a second one aborts)."""
+    """Turns the first Ctrl-C into a request to stop after the current step (a second one aborts).
 
-    def __init__(self):
+    Under torchrun the ranks could stop after different steps, so there Ctrl-C keeps its default
+    behaviour and a resumed run restarts the interrupted epoch from the last complete one.
+    """
+
+    def __init__(self, enabled: bool = True):
         self.requested = False
+        self.enabled = enabled
         self._previous = None
 
     def __enter__(self):
+        if not self.enabled:
+            return self
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not in the main thread (a notebook worker, say): keep default handling
@@ -202,6 +211,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist; start without --resume")
         return
     if overwrite:
+        _remove_outputs(out)
         return
     metrics = out / METRICS
     if metrics.is_file() or (out / CHECKPOINT).is_file():
@@ -212,6 +222,19 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             pass
         state = "a finished run" if finished else "an unfinished run (continue it with --resume)"
         raise ConfigError(f"{out} already holds {state}; pass --overwrite to replace it or --out to choose another folder")
+
+
+_OUTPUT_FILES = (METRICS, CHECKPOINT, BEST_CHECKPOINT, "model.safetensors", "config.json", "losses.png",
+                 "total_loss.png", "random.png", "loss.png", "accuracy.png", "confusion.png")
+
+
+def _remove_outputs(out: Path) -> None:
+    """Delete what an earlier run wrote in ``out`` (only cifargen's own file names)."""
+    import re
+
+    for path in out.iterdir():
+        if path.name in _OUTPUT_FILES or re.fullmatch(r"E\d+\.png", path.name):
+            path.unlink(missing_ok=True)  # another rank may have removed it already
 
 
 def _summary_line(epoch: int, epochs: int, logged: dict, train: dict, test: dict, seconds: float, best: bool) -> str:
@@ -248,7 +271,11 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
     partial = None  # the interrupted epoch's progress, when resuming after Ctrl-C
     if config.resume:
         state = load_checkpoint(out_dir / CHECKPOINT, recipe.device)
-        recipe.load_state_dict(state["recipe"])
+        try:
+            recipe.load_state_dict(state["recipe"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"{out_dir / CHECKPOINT} does not fit this configuration ({str(exc).splitlines()[0][:200]}); "
+                              "resume with the settings the run was started with") from None
         loader.generator.set_state(state["data_generator"])
         set_rng_state(state["rng"])
         history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
@@ -288,9 +315,9 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
         }
 
     if world_size > 1:  # identical weights, but each rank draws its own noise
-        torch.manual_seed(config.seed * 7919 + rank * 104729 + start_epoch)
+        torch.manual_seed((config.seed * 7919 + rank * 104729 + start_epoch) % 2 ** 63)
     started = time.perf_counter() - wall_before
-    with _StopRequest() as stop:
+    with _StopRequest(enabled=world_size == 1) as stop:
         for epoch in range(start_epoch, config.epochs):
             epoch_start = time.perf_counter()
             logged = recipe.start_epoch(epoch)
@@ -329,18 +356,27 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
             if world_size > 1:  # epoch figures over all ranks' shards
                 all_reduce_(sums)
                 count = int(all_reduce_(torch.tensor(count, device=recipe.device)))
-                all_reduce_(first_bad_step, op="max")
+                # The earliest bad step over all ranks (-1, none, must not win the minimum).
+                never = torch.full_like(first_bad_step, len(loader))
+                first_bad_step = all_reduce_(torch.where(first_bad_step < 0, never, first_bad_step), op="min")
+                first_bad_step = torch.where(first_bad_step == len(loader), -1, first_bad_step)
             bad_step = int(first_bad_step)  # one host sync per epoch
             if bad_step >= 0:
                 last_good = out_dir / CHECKPOINT if history else None
                 raise TrainingError(
                     f"loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; "
-                    + (f"the last good checkpoint is {last_good} (epoch {len(history)}); resume it with a lower --lr"
-                       if last_good else "no epoch had completed; try a lower --lr"))
+                    + (f"the last good checkpoint is {last_good} (epoch {len(history)}); "
+                       if last_good else "no epoch had completed; ")
+                    + "start again with a lower --lr (add --overwrite)")
             train_means = dict(zip(names, (sums / count).tolist()))
             recipe.end_epoch(epoch)
             recipe.eval()
             test_metrics = recipe.evaluate(test_set)
+            if not all(math.isfinite(v) for v in test_metrics.values()):
+                raise TrainingError(
+                    f"test figures became non-finite after epoch {epoch + 1} ({test_metrics}); "
+                    + (f"the last good checkpoint is {out_dir / CHECKPOINT} (epoch {len(history)}); " if history else "")
+                    + "start again with a lower --lr (add --overwrite)")
             seconds = time.perf_counter() - epoch_start
             history.append({"epoch": epoch + 1, **logged, "train": train_means, "test": test_metrics,
                             "seconds": round(seconds, 2)})

@@ -153,8 +153,12 @@ def test_batch_loader_covers_each_image_once_and_reshuffles():
 def test_batch_loader_shards_cover_epoch_exactly_once():
     n = 50
     dataset = ImageDataset(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), ("a",))
-    shards = [BatchLoader(dataset, 8, "cpu", shuffle=True, seed=1, rank=r, world_size=3).indices() for r in range(3)]
+    loaders = [BatchLoader(dataset, 8, "cpu", shuffle=True, seed=1, rank=r, world_size=3) for r in range(3)]
+    shards = [loader.indices() for loader in loaders]
     assert sorted(torch.cat(shards).tolist()) == list(range(n))
+    # Shards of 17, 17 and 16 images still take the same number of steps (DDP needs it).
+    steps = [len(list(loader)) for loader in loaders]
+    assert steps == [len(loaders[0])] * 3 == [3] * 3
 
 
 def test_to_float_scales_only():

@@ -77,6 +77,18 @@ def test_reconstruction_terms_match_torch_losses():
     assert reconstruction_loss(x, recon).item() == pytest.approx(total.mean().item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("scale", [3.0, 20.0, 200.0])
+def test_bce_value_is_bceloss_even_at_saturation(scale):
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 8, 8)
+    logits = torch.randn(3, 3, 8, 8) * scale
+    ours = reconstruction_terms(x, logits)["bce"].mean()
+    assert ours.item() == pytest.approx(torch.nn.BCELoss()(torch.sigmoid(logits), x).item(), rel=1e-6)
+    recon = torch.sigmoid(logits)
+    expected = (torch.nn.MSELoss()(recon, x) + 1 - ssim(recon, x) + torch.nn.BCELoss()(recon, x)).item()
+    assert reconstruction_loss(x, recon).item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_kl_matches_formula():
     mu, log_var = torch.randn(6, 8), torch.randn(6, 8)
     expected = (0.5 * (mu ** 2 + log_var.exp() - log_var - 1)).sum(1).mean()

@@ -37,12 +37,13 @@ def test_loading_bad_files_is_a_clear_error(tmp_path):
         load(tmp_path)
 
 
-@pytest.mark.parametrize("model", ["vae", "acgan"])
+@pytest.mark.parametrize("model", ["vae", "cvae", "acgan"])
 def test_eval_reproduces_metrics_json(model, cifar_root, tmp_path, capsys):
-    train(default_config(model, data_dir=str(cifar_root), out=str(tmp_path), **TINY))
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
-    assert main(["eval", str(tmp_path), "--json"]) == 0
+    run = tmp_path / "run"
+    train(default_config(model, data_dir=str(cifar_root), out=str(run), **{**TINY, "epochs": 2}))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert (run / "model.safetensors").is_file() and (run / "config.json").is_file()
+    assert main(["eval", str(run), "--json", "--confusion", str(tmp_path / "confusion.png")]) == 0
     figures = json.loads(capsys.readouterr().out)
     for key, value in saved["best"].items():
         assert figures[key] == pytest.approx(value, abs=1e-4), key

@@ -47,17 +47,27 @@ def test_no_skip_connections(model_class):
     x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     decoder_inputs = []
     model.decoder.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args))
+    out = model(x, y)
+    (z, *_), = decoder_inputs
+    assert z is out.z  # the decoder's only tensor input is the latent code (and the class)
+    assert torch.allclose(model.decoder(out.z, y if model.conditional else None), out.recon)
+    # Another image's encoder activations change nothing: decoding out.z after encoding x2
+    # (which would leave stale activations behind in any skip path) gives the same images.
+    model(torch.rand(4, 3, 32, 32), y)
+    assert torch.allclose(model.decode(out.z, y if model.conditional else None), out.recon)
+    # And no decoder layer takes anything but the decoder's own activations.
+    inputs_seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: inputs_seen.extend(a for a in args if torch.is_tensor(a)))
+             for m in model.decoder.modules() if m is not model.decoder]
+    model.eval()
     encoder_outputs = []
     for m in model.encoder.modules():
         if not list(m.children()):
-            m.register_forward_hook(lambda mod, inp, out: encoder_outputs.append(out))
-    out = model(x, y)
-    (z, y_arg, *_), = decoder_inputs
-    assert torch.equal(z, out.z)
-    assert all(t is not z for t in encoder_outputs)
-    assert torch.allclose(model.decoder(out.z, y if model.conditional else None), out.recon)
-    # A different image with the same z decodes to the same reconstruction.
-    assert torch.allclose(model.decode(out.z, y if model.conditional else None), out.recon)
+            m.register_forward_hook(lambda mod, inp, o: encoder_outputs.append(o))
+    model(x, y)
+    for h in hooks:
+        h.remove()
+    assert not any(t is e for t in inputs_seen for e in encoder_outputs)
 
 
 def test_forward_returns_recon_mu_log_var_z():

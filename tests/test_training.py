@@ -80,8 +80,22 @@ def test_resume_matches_uninterrupted_run(cifar_root, tmp_path):
     config = default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "resumed"), epochs=3, **QUICK)
     with pytest.raises(Killed):
         train(config, log=die_after_first_epoch)
-    resumed = train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "resumed"), epochs=3,
-                                   resume=True, **QUICK))
+    from cifargen.recipes.vae import VAERecipe
+
+    steps = {"n": 0}
+    original = VAERecipe.train_step
+
+    def counting(self, x, y):
+        steps["n"] += 1
+        return original(self, x, y)
+
+    VAERecipe.train_step = counting
+    try:
+        resumed = train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "resumed"), epochs=3,
+                                       resume=True, **QUICK))
+    finally:
+        VAERecipe.train_step = original
+    assert steps["n"] == 2 * 4  # only epochs 2 and 3 ran (4 steps of 64 each)
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(resumed["history"]) == strip(full["history"])
     assert resumed["best"] == full["best"]
@@ -144,9 +158,10 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(cifar_root, tmp_path, monkeyp
     assert "interrupted at epoch 2, step 2" in lines[-1] and "--resume" in lines[-1]
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert state["partial"]["next_step"] == 2 and state["epoch"] == 0
-    monkeypatch.setattr(VAERecipe, "train_step", original)
+    calls["n"] = 100  # no more interrupts; count the steps the resumed run takes
     resumed = train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "cut"), epochs=2,
                                    batch_size=64, resume=True, **QUICK))
+    assert calls["n"] == 100 + 2  # only epoch 2's last two steps ran
     assert _history_without_timings(resumed) == _history_without_timings(full)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.distributed
+
 from ..data import load_dataset
+from ..runtime import distributed_env
 from ..errors import ConfigError
 from ..training import TrainConfig, fit, prepare_run_dir, setup_runtime
 from .acgan import ACGANRecipe, ACGANTrainConfig
@@ -50,8 +54,14 @@ def train(config: TrainConfig, log=None) -> dict:
     device, dtype = setup_runtime(config)
     out = Path(config.out or entry.default_out)
     config.out = str(out)
+    config.data_dir = str(Path(config.data_dir).resolve())  # so that `cifargen eval` finds it from anywhere
     prepare_run_dir(out, config.resume, config.overwrite)
+    rank, world_size, _ = distributed_env()
+    if world_size > 1 and rank != 0:
+        torch.distributed.barrier()  # let rank 0 download the data alone
     train_set = load_dataset(config.data_dir, train=True).head(config.limit_train)
-    test_set = load_dataset(config.data_dir, train=False).head(config.limit_test)
+    test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
+    if world_size > 1 and rank == 0:
+        torch.distributed.barrier()
     recipe = entry.recipe_class(config, train_set.class_names, device, dtype)
     return fit(recipe, train_set, test_set, out, log=log)
