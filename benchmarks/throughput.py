@@ -132,12 +132,12 @@ def load_images(data_dir: str | None, n: int) -> ImageDataset:
                         torch.randint(0, 10, (n,), generator=generator), tuple(str(i) for i in range(10)))
 
 
-def benchmark(models, data_dir, steps, warmup, repeats, device, log=print) -> dict:
+def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, log=print) -> dict:
     results = {}
     for name in models:
         config = default_config(name, device=device, progress=False)
         device_obj, dtype = setup_runtime(config)
-        batch = config.batch_size
+        batch = min(config.batch_size, max_batch or config.batch_size)
         dataset = load_images(data_dir, batch * (warmup + steps + 1) * 2)
         hwc = dataset.images.permute(0, 2, 3, 1).numpy()
         labels = dataset.labels.numpy()
@@ -163,7 +163,8 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, log=print) -> di
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few steps and repeats: under a minute on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true",
+                        help="few steps, batch at most 64: under a minute on 2 CPU cores")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 root (default: random images)")
     parser.add_argument("--device", default="auto")
@@ -171,11 +172,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="alternating repeats (median reported)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    steps = args.steps or (4 if args.quick else 30)
+    steps = args.steps or (3 if args.quick else 30)
     repeats = args.repeats or (3 if args.quick else 5)
     warmup = 1 if args.quick else 3
     started = time.perf_counter()
-    results = benchmark(args.models, args.data_dir, steps, warmup, repeats, args.device)
+    results = benchmark(args.models, args.data_dir, steps, warmup, repeats, args.device,
+                        max_batch=64 if args.quick else None)
     print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")
