@@ -132,10 +132,10 @@ def load_images(data_dir: str | None, n: int) -> ImageDataset:
                         torch.randint(0, 10, (n,), generator=generator), tuple(str(i) for i in range(10)))
 
 
-def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, log=print) -> dict:
+def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, precision="auto", log=print) -> dict:
     results = {}
     for name in models:
-        config = default_config(name, device=device, progress=False)
+        config = default_config(name, device=device, progress=False, precision=precision)
         device_obj, dtype = setup_runtime(config)
         batch = min(config.batch_size, max_batch or config.batch_size)
         dataset = load_images(data_dir, batch * (warmup + steps + 1) * 2)
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 root (default: random images)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="precision of our loop (the reference is always fp32)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=None, help="alternating repeats (median reported)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
@@ -177,7 +179,7 @@ def main(argv=None) -> int:
     warmup = 1 if args.quick else 3
     started = time.perf_counter()
     results = benchmark(args.models, args.data_dir, steps, warmup, repeats, args.device,
-                        max_batch=64 if args.quick else None)
+                        max_batch=64 if args.quick else None, precision=args.precision)
     print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")
