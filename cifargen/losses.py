@@ -106,13 +106,6 @@ def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return kl_per_sample(mu, log_var).mean()
 
 
-def mean_pixel_entropy(x: torch.Tensor) -> float:
-    """Mean binary entropy of the pixels: the BCE (and total loss) of a perfect reconstruction."""
-    p = x.double().clamp(1e-12, 1 - 1e-12)
-    return float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
-
-
-
 def adversarial_loss(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -> torch.Tensor:
     """Non-saturating GAN loss: BCE of the real/fake logits against 1 (real) or 0 (fake).
 

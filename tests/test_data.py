@@ -14,7 +14,7 @@ from cifargen import data as data_module
 from cifargen.data import (BatchLoader, ImageDataset, load_cifar10, load_dataset, load_image_folder, read_cifar_batch,
                            to_float)
 from cifargen.errors import DataError
-from conftest import local_cifar_root, make_images, write_batch
+from conftest import local_cifar_root, make_images
 
 
 def test_reads_official_layout_in_order(cifar_root):

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from scipy.ndimage import correlate
 
 from cifargen.errors import CifargenError
-from cifargen.losses import (adversarial_loss, auxiliary_loss, bce_from_logits_per_sample, gaussian_window, kl_divergence,
+from cifargen.losses import (adversarial_loss, auxiliary_loss, gaussian_window, kl_divergence,
                              kl_per_sample, reconstruction_loss, reconstruction_terms, ssim)
 
 
