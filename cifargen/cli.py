@@ -43,20 +43,48 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _defaults_text(field: str, sub: str | None = None) -> str:
-    from .recipes import MODELS, default_config
+def _defaults_text(field: str, sub: str | None = None, models=None) -> str:
+    from .recipes import GENERATORS, default_config
 
     values = {}
-    for name in MODELS:
+    for name in models or GENERATORS:
         config = default_config(name)
-        value = getattr(getattr(config, sub), field) if sub else getattr(config, field)
-        values.setdefault(value, []).append(name)
+        holder = getattr(config, sub) if sub else config
+        if hasattr(holder, field):
+            values.setdefault(getattr(holder, field), []).append(name)
     return "default: " + "; ".join(f"{value} for {'/'.join(names)}" for value, names in values.items())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=None) -> None:
+    """The flags ``cifargen train`` and ``cifargen classifier train`` share."""
     from .data import DATA_DIR_ENV
-    from .recipes import MODELS
+
+    parser.add_argument("--epochs", type=_positive_int, help=f"training epochs ({_defaults_text('epochs', models=models)})")
+    parser.add_argument("--batch-size", type=_positive_int,
+                        help=f"images per step and per process ({_defaults_text('batch_size', models=models)})")
+    parser.add_argument("--lr", type=_positive_float, help=f"learning rate ({_defaults_text('lr', models=models)})")
+    parser.add_argument("--width", type=_positive_int, help="channels of the first convolution, doubled at each "
+                                                            f"down-sampling ({_defaults_text('width', 'arch', models)})")
+    parser.add_argument("--data-dir", help=f"folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (downloaded "
+                                           f"there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--seed", type=_seed, help="random seed (default: 0)")
+    parser.add_argument("--limit-train", type=_positive_int, metavar="N", help="train on the first N training images only")
+    parser.add_argument("--limit-test", type=_positive_int, metavar="N", help="evaluate on the first N test images only")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                        help="bf16 autocast or fp32; auto uses bf16 on GPUs and CPUs with native bf16 (default: auto)")
+    parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile on the networks")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads (default: the physical cores)")
+    parser.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                        help="continue the run in --out (or in RUN_DIR) from its last complete epoch")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .recipes import GENERATORS
+    from .recipes.classifier import CACHE_ENV
 
     parser = argparse.ArgumentParser(prog="cifargen", description="Train VAE, CVAE and AC-GAN models on CIFAR-10.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -65,30 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on CIFAR-10 (or an image folder) and write figures, checkpoints and "
                     "metrics.json into the run folder. Flags left out take the model's defaults, which "
                     "reproduce README's results.")
-    train.add_argument("model", choices=list(MODELS), help="which model to train")
-    train.add_argument("--epochs", type=_positive_int, help=f"training epochs ({_defaults_text('epochs')})")
-    train.add_argument("--batch-size", type=_positive_int,
-                       help=f"images per step and per process ({_defaults_text('batch_size')})")
-    train.add_argument("--lr", type=_positive_float, help=f"learning rate ({_defaults_text('lr')})")
+    train.add_argument("model", choices=list(GENERATORS), help="which model to train")
+    _add_training_flags(train, out_help="run folder for figures, checkpoints and metrics.json "
+                                         "(default: visualize/<model>, visualize/gan for acgan)")
     train.add_argument("--latent-dim", type=_positive_int, help=f"latent size ({_defaults_text('latent_dim', 'arch')})")
-    train.add_argument("--width", type=_positive_int,
-                       help=f"channels of the first convolution, doubled at each down-sampling ({_defaults_text('width', 'arch')})")
-    train.add_argument("--data-dir", help=f"folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (downloaded "
-                                          f"there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
-    train.add_argument("--out", help="run folder for figures, checkpoints and metrics.json (default: visualize/<model>, visualize/gan for acgan)")
-    train.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    train.add_argument("--seed", type=_seed, help="random seed (default: 0)")
-    train.add_argument("--limit-train", type=_positive_int, metavar="N", help="train on the first N training images only")
-    train.add_argument("--limit-test", type=_positive_int, metavar="N", help="evaluate on the first N test images only")
-    train.add_argument("--precision", choices=["auto", "bf16", "fp32"],
-                       help="bf16 autocast or fp32; auto uses bf16 on GPUs and CPUs with native bf16 (default: auto)")
-    train.add_argument("--compile", action="store_true", default=None, help="use torch.compile on the networks")
-    train.add_argument("--threads", type=_positive_int, help="CPU threads (default: the physical cores)")
     train.add_argument("--kl-shape", choices=["geometric", "linear"], help="VAE/CVAE: how lambda rises from 1e-4 to 1 (default: geometric)")
-    train.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                       help="continue the run in --out (or in RUN_DIR) from its last complete epoch")
-    train.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
-    train.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bars")
+    train.add_argument("--no-quality", dest="quality", action="store_false", default=None,
+                       help="skip the sample-quality figures at the end (computed when a reference classifier exists)")
+
+    classifier = commands.add_parser("classifier", help="the reference classifier for sample-quality figures",
+                                     description="Train the CIFAR-10 classifier whose features and predictions "
+                                                 "give the offline sample-quality figures (see `cifargen eval`).")
+    classifier_commands = classifier.add_subparsers(dest="classifier_command", metavar="COMMAND", required=True)
+    classifier_train = classifier_commands.add_parser(
+        "train", help="train the reference classifier",
+        description="Train the reference classifier (a small ResNet) and save it in the cache folder, where "
+                    "`cifargen eval` and the end of `cifargen train` look for it.")
+    _add_training_flags(classifier_train, models=("classifier",),
+                        out_help=f"folder for the classifier (default: ${CACHE_ENV}/classifier or ~/.cache/cifargen/classifier)")
 
     evaluate = commands.add_parser("eval", help="recompute a trained model's test-set figures",
                                    description="Recompute the headline test figures of a trained model "
@@ -102,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="first N test images (default: as in training)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--confusion", metavar="PNG", help="AC-GAN: also save the confusion matrix figure here")
+    evaluate.add_argument("--no-quality", dest="quality", action="store_false",
+                          help="skip the sample-quality figures (FD-cifargen, IS-cifargen, class consistency)")
+    evaluate.add_argument("--classifier", metavar="DIR",
+                          help="reference classifier folder (default: the cache folder `cifargen classifier train` writes)")
+    evaluate.add_argument("--quality-samples", type=_positive_int, default=10_000, metavar="N",
+                          help="samples behind the sample-quality figures (default: 10000)")
+    evaluate.add_argument("--inception-weights", metavar="PATH",
+                          help="torch-fidelity's Inception weights file, for the standard FID/IS/KID "
+                               "(default: torch hub's cache; skipped with one line when absent)")
 
     sample = commands.add_parser("sample", help="draw sample grids from a trained model",
                                  description="Write samples.png (one row per class for conditional models) and, "
@@ -115,25 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_RESUMABLE_CHANGES = {"out", "device", "threads", "progress", "data_dir", "overwrite"}
+_RESUMABLE_CHANGES = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality"}
 _TOP_LEVEL = ("epochs", "batch_size", "lr", "data_dir", "out", "device", "seed", "limit_train", "limit_test",
-              "precision", "compile", "threads", "overwrite", "progress")
+              "precision", "compile", "threads", "overwrite", "progress", "quality")
 
 
 def config_from_args(args: argparse.Namespace):
-    """The training configuration that ``cifargen train`` flags describe."""
+    """The training configuration that ``cifargen train`` (or ``classifier train``) flags describe."""
     from .recipes import default_config, model_entry
 
-    overrides = {name: getattr(args, name) for name in _TOP_LEVEL if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in _TOP_LEVEL if getattr(args, name, None) is not None}
+    kl_shape = getattr(args, "kl_shape", None)
     if isinstance(args.resume, str):
         overrides["out"] = args.resume
     resume = args.resume is not None
     config = default_config(args.model)
-    arch = {k: v for k, v in (("latent_dim", args.latent_dim), ("width", args.width)) if v is not None}
+    arch = {k: v for k, v in (("latent_dim", getattr(args, "latent_dim", None)), ("width", args.width)) if v is not None}
     if resume:
-        config = _saved_config(args.model, Path(overrides.get("out") or model_entry(args.model).default_out), config)
+        config = _saved_config(args.model, Path(overrides["out"]) if overrides.get("out") else model_entry(args.model).out_dir(), config)
         # A resumed run must be the run that was started: only where and how it runs may change.
-        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + (["kl_shape"] if args.kl_shape else [])
+        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + (["kl_shape"] if kl_shape else [])
         changed = [name for name in changed if name in arch or name == "kl_shape" or overrides[name] != getattr(config, name)]
         if changed:
             flags = ", ".join("--" + name.replace("_", "-") for name in changed)
@@ -142,10 +174,10 @@ def config_from_args(args: argparse.Namespace):
     config = dataclasses.replace(config, **overrides, resume=resume)
     if arch:
         config.arch = dataclasses.replace(config.arch, **arch)
-    if args.kl_shape is not None:
+    if kl_shape is not None:
         if not hasattr(config, "kl"):
             raise ConfigError(f"--kl-shape applies to vae and cvae, not {args.model}")
-        config.kl = dataclasses.replace(config.kl, shape=args.kl_shape)
+        config.kl = dataclasses.replace(config.kl, shape=kl_shape)
     return config
 
 
@@ -184,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
+        if args.command in ("train", "classifier"):
             from .recipes import train
 
+            if args.command == "classifier":
+                args.model = "classifier"
             metrics = train(config_from_args(args))
             print(json.dumps({"out": metrics["config"]["out"], "best_epoch": metrics["best_epoch"],
                               "best": metrics["best"], "wall_time_s": metrics["wall_time_s"]}, indent=2))
@@ -220,6 +254,8 @@ def run_eval(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
     test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
     figures = evaluate_model(model, test_set, device, dtype)
+    if model.kind != "classifier" and args.quality:
+        figures.update(_quality_figures(args, model, test_set, device, dtype))
     if model.kind == "acgan" and args.confusion:
         try:
             plot_confusion(figures["confusion"], test_set.class_names, args.confusion,
@@ -240,6 +276,28 @@ def run_eval(args: argparse.Namespace) -> dict:
     return result
 
 
+def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -> dict:
+    """Sample-quality figures for ``cifargen eval``; each missing piece is one line on stderr, never an error."""
+    from .quality import inception_metrics, load_reference_classifier, reference_classifier_path, sample_quality
+
+    def note(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    figures = {}
+    classifier = load_reference_classifier(args.classifier, device)
+    if classifier is None:
+        if args.classifier:
+            raise ConfigError(f"--classifier {args.classifier}: no model.safetensors there; "
+                              "train one with: cifargen classifier train --out DIR")
+        note(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
+             "(train one with: cifargen classifier train)")
+    else:
+        figures.update(sample_quality(model, classifier, test_set, device, dtype, n=args.quality_samples))
+    inception = inception_metrics(model, test_set, device, args.inception_weights, n=args.quality_samples, log=note)
+    figures.update(inception or {})
+    return figures
+
+
 def run_sample(args: argparse.Namespace) -> None:
     """``cifargen sample``: write sample grids from a trained model."""
     from .modelfile import load
@@ -248,6 +306,8 @@ def run_sample(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     model = load(args.run, device)
+    if model.kind == "classifier":
+        raise ConfigError(f"{args.run} is the reference classifier, which does not generate images; pass a vae, cvae or acgan run")
     try:
         paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device)
     except OSError as exc:

@@ -52,16 +52,27 @@ def evaluate_vae(model, dataset: ImageDataset, device, autocast_dtype=None, batc
 
 
 @torch.inference_mode()
-def classifier_predictions(discriminator, dataset: ImageDataset, device, autocast_dtype=None,
-                           batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted, true) classes of the discriminator's auxiliary head on ``dataset``."""
+def predicted_classes(class_logits_fn, dataset: ImageDataset, device, autocast_dtype=None,
+                      batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) classes on ``dataset``; ``class_logits_fn(x)`` gives the class logits."""
     predicted, true = [], []
     for x, y in BatchLoader(dataset, batch_size, device, shuffle=False):
         with autocast(x.device, autocast_dtype):
-            _, class_logits = discriminator(x)
-        predicted.append(class_logits.argmax(1))
+            predicted.append(class_logits_fn(x).argmax(1))
         true.append(y)
     return torch.cat(predicted).cpu(), torch.cat(true).cpu()
+
+
+def classifier_predictions(discriminator, dataset: ImageDataset, device, autocast_dtype=None,
+                           batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) classes of the discriminator's auxiliary head on ``dataset``."""
+    return predicted_classes(lambda x: discriminator(x)[1], dataset, device, autocast_dtype, batch_size)
+
+
+def classifier_accuracy(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> float:
+    """Test accuracy of a plain classifier (``classifier(x)`` -> logits)."""
+    predicted, true = predicted_classes(classifier, dataset, device, autocast_dtype)
+    return float((predicted == true).double().mean())
 
 
 def evaluate_acgan(discriminator, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
@@ -75,9 +86,12 @@ def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) ->
 
     VAE/CVAE: mean per-sample ``rec`` and its parts and ``kl``. AC-GAN: ``accuracy``,
     ``per_class_accuracy`` and ``confusion`` (rows: true class, columns: predicted).
+    Reference classifier: ``accuracy``.
     """
     if model.kind in ("vae", "cvae"):
         return evaluate_vae(model, dataset, device, autocast_dtype)
+    if model.kind == "classifier":
+        return {"accuracy": classifier_accuracy(model, dataset, device, autocast_dtype)}
     predicted, true = classifier_predictions(model.discriminator, dataset, device, autocast_dtype)
     classes = len(dataset.class_names)
     confusion = torch.bincount(true * classes + predicted, minlength=classes * classes).view(classes, classes)

@@ -54,6 +54,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float =
     return s.flatten(1).mean(1) if per_sample else s.mean()
 
 
+def bce_as_bceloss(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``torch.nn.BCELoss`` (logs clamped at -100), written out so that a NaN
+    probability propagates to the training loop's non-finite check instead of raising
+    BCELoss's "all elements of input should be between 0 and 1"."""
+    log_p = torch.log(probs).clamp_min(-100.0)
+    log_1mp = torch.log(1.0 - probs).clamp_min(-100.0)
+    return -(target * log_p + (1.0 - target) * log_1mp)
+
+
 def bce_from_logits_per_sample(logits: torch.Tensor, target: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample mean BCE of sigmoid(logits) against target.
 
@@ -64,7 +73,7 @@ def bce_from_logits_per_sample(logits: torch.Tensor, target: torch.Tensor, probs
     probs = torch.sigmoid(logits) if probs is None else probs
     stable = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     with torch.no_grad():
-        reported = F.binary_cross_entropy(probs, target, reduction="none")
+        reported = bce_as_bceloss(probs, target)
     return (stable + (reported - stable)).flatten(1).mean(1)
 
 

@@ -22,14 +22,16 @@ FORMAT_VERSION = 1
 
 
 def build_model(kind: str, arch: dict) -> nn.Module:
-    """A fresh network of ``kind`` (vae, cvae, acgan) with architecture arguments ``arch``."""
-    from .models import ACGAN, CVAE, VAE, ACGANConfig, VAEConfig
+    """A fresh network of ``kind`` (vae, cvae, acgan, classifier) with architecture arguments ``arch``."""
+    from .models import ACGAN, CVAE, VAE, ACGANConfig, Classifier, ClassifierConfig, VAEConfig
 
     if kind in ("vae", "cvae"):
         config = VAEConfig(**{k: v for k, v in arch.items() if k != "conditional"})
         return CVAE(config) if kind == "cvae" else VAE(config)
     if kind == "acgan":
         return ACGAN(ACGANConfig(**arch))
+    if kind == "classifier":
+        return Classifier(ClassifierConfig(**arch))
     raise ConfigError(f"unknown model kind {kind!r} in {CONFIG}")
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    quality: bool = True           # generators: sample-quality figures in metrics.json when a reference classifier exists
 
     def validate(self) -> None:
         if self.epochs <= 0:
@@ -80,14 +81,16 @@ class Recipe:
     best_mode: str = "min"  # or "max"
 
     def __init__(self, config: TrainConfig, class_names: tuple[str, ...], device: torch.device,
-                 autocast_dtype: torch.dtype | None):
+                 autocast_dtype: torch.dtype | None, steps_per_epoch: int | None = None):
         self.config = config
+        self.steps_per_epoch = steps_per_epoch  # per process; for schedules that run per step
         self.class_names = class_names
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}       # stepped after every epoch
+        self.step_schedulers: dict[str, Any] = {}  # stepped after every training step (warm-ups)
 
     def wrap(self, module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
         """The module the step should call: DDP-wrapped under torchrun, compiled with ``--compile``.
@@ -111,6 +114,10 @@ class Recipe:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns batch means as detached device tensors (never ``.item()``)."""
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        for scheduler in self.step_schedulers.values():
+            scheduler.step()
 
     def end_epoch(self, epoch: int) -> None:
         for scheduler in self.schedulers.values():
@@ -143,6 +150,7 @@ class Recipe:
             "models": self.model_state(),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+            "step_schedulers": {k: v.state_dict() for k, v in self.step_schedulers.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -151,6 +159,8 @@ class Recipe:
             v.load_state_dict(state["optimizers"][k])
         for k, v in self.schedulers.items():
             v.load_state_dict(state["schedulers"][k])
+        for k, v in self.step_schedulers.items():
+            v.load_state_dict(state["step_schedulers"][k])
 
     def train(self) -> None:
         for module in self.modules.values():
@@ -326,6 +336,8 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                 loader.generator.set_state(partial["generator_before_epoch"])
                 first_step, sums, count, names = partial["next_step"], partial["sums"], partial["count"], partial["names"]
                 first_bad_step = partial["first_bad_step"]
+                # What the epoch logged when it started (a per-step warm-up has moved the lr since).
+                logged = partial.get("logged", logged)
                 partial = None
             else:
                 first_step, sums, count, names = 0, None, 0, None
@@ -336,6 +348,7 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                        file=sys.stderr)
             for step, (x, y) in enumerate(bar, start=first_step):
                 out = recipe.train_step(x, y)
+                recipe.after_step()
                 values = torch.stack([v.float() for v in out.values()])
                 if sums is None:
                     names, sums = list(out), torch.zeros_like(values)
@@ -347,7 +360,8 @@ def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir
                 if stop.requested:
                     save_checkpoint(epoch - 1, time.perf_counter() - started, {
                         "next_step": step + 1, "sums": sums, "count": count, "names": names,
-                        "first_bad_step": first_bad_step, "generator_before_epoch": generator_before_epoch})
+                        "first_bad_step": first_bad_step, "generator_before_epoch": generator_before_epoch,
+                        "logged": logged})
                     bar.close()
                     log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {out_dir / CHECKPOINT}. "
                         f"Continue with: cifargen train {config.model} --resume {out_dir}")

@@ -26,6 +26,13 @@ def make_images(n, seed):
     return np.kron(base, np.ones((1, 1, 4, 4), dtype=np.uint8))
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test sees an empty cifargen cache, so a reference classifier trained on this machine
+    never changes what a test measures (tests that need one train their own)."""
+    monkeypatch.setenv("CIFARGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def local_cifar_root():
     """The official-layout build of the local CIFAR-10 copy, if .ci/run (or you) made one."""
     import os

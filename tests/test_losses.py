@@ -137,3 +137,12 @@ def test_losses_on_random_shapes_and_values(n, c, h, w, scale, seed):
     for value in terms.values():
         assert value.shape == (n,) and torch.isfinite(value).all()
     assert (terms["bce"] >= 0).all() and (terms["mse"] >= 0).all()
+
+
+def test_non_finite_logits_give_non_finite_terms_not_an_exception():
+    """BCELoss raises on NaN probabilities; the training loop must get a NaN to report instead."""
+    logits = torch.zeros(2, 3, 32, 32)
+    logits[0, 0, 0, 0] = float("nan")
+    terms = reconstruction_terms(torch.rand(2, 3, 32, 32), logits)
+    assert torch.isnan(terms["rec"][0]) and torch.isfinite(terms["rec"][1])
+

@@ -24,9 +24,11 @@ def count_upsamplers(module):
                for m in module.modules())
 
 
+@pytest.mark.parametrize("convs_per_level", [1, 2])
 @pytest.mark.parametrize("model_class", [VAE, CVAE])
-def test_architecture_rules(model_class):
-    model = model_class(VAEConfig(width=8, latent_dim=16))
+def test_architecture_rules(model_class, convs_per_level):
+    model = model_class(VAEConfig(width=8, latent_dim=16, convs_per_level=convs_per_level))
+    assert model(torch.rand(2, 3, 32, 32), torch.tensor([0, 1])).recon.shape == (2, 3, 32, 32)
     assert count_feature_convs(model.encoder) >= 3
     assert count_downsamplers(model.encoder) >= 2
     assert count_upsamplers(model.decoder) >= 2

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,18 @@ def test_sigkill_then_resume_matches(cifar_root, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["finished"] and saved["best"] == full["best"]
     assert _history_without_timings(saved) == _history_without_timings(full)
+
+
+def test_random_translate_shifts_each_image_within_bounds():
+    from cifargen.augment import random_translate
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8, requires_grad=True)
+    out = random_translate(x, 2)
+    assert out.shape == x.shape
+    for image, shifted in zip(x.detach().numpy(), out.detach().numpy()):
+        padded = np.pad(image, ((0, 0), (2, 2), (2, 2)))
+        windows = [padded[:, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(np.array_equal(w, shifted) for w in windows)
+    out.sum().backward()  # differentiable, as DiffAugment needs for the generator's step
+    assert x.grad is not None and x.grad.abs().sum() > 0
+

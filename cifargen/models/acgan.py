@@ -24,6 +24,7 @@ class ACGANConfig:
     width: int = 32            # generator: channels before the image, as the VAE decoder
     d_width: int = 64          # discriminator: channels after its first convolution
     num_downsamples: int = 3
+    convs_per_level: int = 1   # generator, as the VAE decoder's
     image_size: int = 32
     image_channels: int = 3
     num_classes: int = 10
@@ -40,6 +41,7 @@ class ACGANConfig:
 
     def decoder_config(self) -> VAEConfig:
         return VAEConfig(latent_dim=self.latent_dim, width=self.width, num_downsamples=self.num_downsamples,
+                         convs_per_level=self.convs_per_level,
                          image_size=self.image_size, image_channels=self.image_channels,
                          num_classes=self.num_classes, class_embed_dim=self.class_embed_dim, conditional=True)
 

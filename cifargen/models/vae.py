@@ -1,7 +1,9 @@
 """VAE and conditional VAE: a U-Net-shaped encoder-decoder without skip connections.
 
-    x (3x32x32) -> conv -> [strided conv] x3 -> 4x4 features -> mu, log_var      (encoder)
-    z (+ class embedding) -> linear -> 4x4 -> [transposed conv] x3 -> conv -> sigmoid  (decoder)
+    x (3x32x32) -> conv -> [strided conv, conv] x3 -> 4x4 features -> mu, log_var        (encoder)
+    z (+ class embedding) -> linear -> 4x4 -> [transposed conv, conv] x3 -> conv -> sigmoid  (decoder)
+
+(``convs_per_level`` sets how many convolutions each resolution has, the re-sampling one included.)
 
 The decoder's only input is the latent code (and, for the CVAE, the class): no encoder
 activation reaches it any other way. The AC-GAN generator reuses :class:`Decoder`.
@@ -22,9 +24,10 @@ from ..errors import ConfigError
 class VAEConfig:
     """Architecture of the VAE/CVAE. The defaults are the ones behind the README's results."""
 
-    latent_dim: int = 128
+    latent_dim: int = 512     # 128 reached 0.727 after 3 epochs, 512 0.712 (README)
     width: int = 32            # channels after the first convolution; doubled at every down-sampling
     num_downsamples: int = 3   # 32x32 -> 4x4
+    convs_per_level: int = 1   # 3x3 convolutions per resolution, the re-sampling one included
     image_size: int = 32
     image_channels: int = 3
     num_classes: int = 10
@@ -35,6 +38,8 @@ class VAEConfig:
         for name in ("latent_dim", "width", "image_size", "image_channels", "num_classes", "class_embed_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.convs_per_level < 1:
+            raise ConfigError(f"convs_per_level must be at least 1, got {self.convs_per_level}")
         if self.num_downsamples < 2:
             raise ConfigError("num_downsamples must be at least 2 (the U-Net shape needs two levels)")
         if self.image_size % (2 ** self.num_downsamples):
@@ -84,6 +89,7 @@ class Encoder(nn.Module):
         for _ in range(config.num_downsamples):
             layers.append(conv_block(c, 2 * c, stride=2, activation=nn.ReLU))
             c *= 2
+            layers += [conv_block(c, c, stride=1, activation=nn.ReLU) for _ in range(config.convs_per_level - 1)]
         self.features = nn.Sequential(*layers, nn.Flatten())
         flat = c * config.bottleneck_size ** 2
         self.class_embedding = nn.Embedding(config.num_classes, config.class_embed_dim) if config.conditional else None
@@ -125,6 +131,7 @@ class Decoder(nn.Module):
         for _ in range(config.num_downsamples):
             ups.append(up_block(c, c // 2, activation))
             c //= 2
+            ups += [conv_block(c, c, stride=1, activation=activation) for _ in range(config.convs_per_level - 1)]
         self.upsample = nn.Sequential(*ups)
         self.to_logits = nn.Conv2d(c, config.image_channels, 3, padding=1)
         self.output_activation = nn.Sigmoid()

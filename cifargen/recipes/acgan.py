@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..augment import flip_and_translate
 from ..data import ImageDataset
 from ..evaluation import evaluate_acgan
 from ..images import denormalize
@@ -30,20 +31,15 @@ class ACGANTrainConfig(TrainConfig):
     arch: ACGANConfig = field(default_factory=ACGANConfig)
     label_smoothing: float = 0.0   # one-sided: real target 1 - label_smoothing
     flip_augment: bool = True      # random horizontal flips of the discriminator's inputs
-
-
-def random_flip(x: torch.Tensor) -> torch.Tensor:
-    """Mirror a random half of the batch left-right (on the device, no per-sample Python)."""
-    mask = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-    return torch.where(mask, x.flip(3), x)
+    translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
 
 
 class ACGANRecipe(Recipe):
     best_metric = "accuracy"
     best_mode = "max"
 
-    def __init__(self, config: ACGANTrainConfig, class_names, device, autocast_dtype):
-        super().__init__(config, class_names, device, autocast_dtype)
+    def __init__(self, config: ACGANTrainConfig, class_names, device, autocast_dtype, steps_per_epoch=None):
+        super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
         arch = ACGANConfig(**{**config.arch.to_dict(), "num_classes": len(class_names)})
         self.gan = ACGAN(arch).to(device, memory_format=torch.channels_last)
         self.generator, self.discriminator = self.gan.generator, self.gan.discriminator
@@ -65,7 +61,7 @@ class ACGANRecipe(Recipe):
         return self.gan
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return random_flip(x) if self.config.flip_augment else x
+        return flip_and_translate(x, self.config.flip_augment, self.config.translate_augment)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         b = x.shape[0]

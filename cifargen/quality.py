@@ -1,0 +1,177 @@
+"""Sample quality without internet, measured with cifargen's own reference classifier.
+
+For a generator (VAE, CVAE, AC-GAN) and 10,000 of its samples:
+
+* ``class_consistency`` (conditional models): the share of samples the classifier assigns to the
+  class they were generated for;
+* ``fd_cifargen``: the Frechet distance between Gaussians fitted to the classifier's penultimate
+  features of the samples and of the test images. It is FID's formula on a different network,
+  so its values are not comparable with published FIDs, and it is never called FID;
+* ``is_cifargen``: the Inception-Score analogue, exp(E_x KL(p(y|x) || p(y))), between 1 and the
+  number of classes.
+
+The standard Inception FID/IS/KID come from ``torch-fidelity`` only when it is installed and its
+Inception weights are on this machine (:func:`inception_metrics`); otherwise they are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import BatchLoader, ImageDataset
+from .runtime import autocast
+
+QUALITY_SAMPLES = 10_000
+TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def reference_classifier_path(path: str | os.PathLike | None = None) -> Path:
+    """The reference classifier's folder: ``path`` or the default cache folder."""
+    from .recipes.classifier import default_classifier_dir
+
+    return Path(path) if path else default_classifier_dir()
+
+
+def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu"):
+    """The trained reference classifier, or None when ``cifargen classifier train`` has not been run."""
+    from .modelfile import WEIGHTS, load
+
+    folder = reference_classifier_path(path)
+    if not (folder / WEIGHTS).is_file():
+        return None
+    return load(folder, device)
+
+
+@torch.inference_mode()
+def classifier_outputs(classifier, batches, autocast_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and penultimate features (float64 NumPy arrays) of image batches."""
+    probs, features = [], []
+    for x in batches:
+        with autocast(x.device, autocast_dtype):
+            h = classifier.features(x.contiguous(memory_format=torch.channels_last))
+            logits = classifier.head(h)
+        probs.append(torch.softmax(logits.float(), 1).double().cpu())
+        features.append(h.float().double().cpu())
+    return torch.cat(probs).numpy(), torch.cat(features).numpy()
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets."""
+    from scipy import linalg
+
+    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
+    cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    with warnings.catch_warnings():  # a singular product is handled below, not worth a warning
+        warnings.simplefilter("ignore")
+        root = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(root).all():  # nudge both covariances, as the FID reference code does
+            offset = np.eye(cov_a.shape[0]) * 1e-6
+            root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def inception_score_analogue(probs: np.ndarray) -> float:
+    """exp(mean over samples of KL(p(y|x) || p(y))), with p(y) the mean of p(y|x) over the samples."""
+    eps = 1e-12
+    marginal = probs.mean(0, keepdims=True)
+    kl = (probs * (np.log(probs + eps) - np.log(marginal + eps))).sum(1)
+    return float(np.exp(kl.mean()))
+
+
+def class_consistency(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images the classifier assigns to ``labels``."""
+    return float((probs.argmax(1) == np.asarray(labels)).mean())
+
+
+def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
+    """Yield ``(images, classes or None)`` for ``n`` samples of z ~ N(0, I) from a generator.
+
+    Conditional models get balanced classes (``i % classes`` for sample i), so every class
+    counts equally in the class consistency.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    classes = getattr(model.config, "num_classes", 10)
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        if model.kind in ("cvae", "acgan"):
+            y = torch.arange(start, start + count) % classes
+            images, y = model.generate(count, y.to(device), generator=generator)
+            yield images.float(), y
+        else:
+            yield model.generate(count, generator=generator).float(), None
+
+
+@torch.inference_mode()
+def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
+                   n: int = QUALITY_SAMPLES, seed: int = 0) -> dict[str, float]:
+    """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` of ``n`` samples."""
+    _, test_features = classifier_outputs(
+        classifier, (x for x, _ in BatchLoader(test_set, 1000, device, shuffle=False)), autocast_dtype)
+    labels = []
+
+    def images():
+        for x, y in generated_batches(model, n, seed, device):
+            if y is not None:
+                labels.append(y.cpu())
+            yield x
+
+    probs, features = classifier_outputs(classifier, images(), autocast_dtype)
+    figures = {"fd_cifargen": frechet_distance(features, test_features), "is_cifargen": inception_score_analogue(probs)}
+    if labels:
+        figures["class_consistency"] = class_consistency(probs, torch.cat(labels).numpy())
+    figures["quality_samples"] = n
+    return figures
+
+
+def real_image_quality(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
+    """The same figures for real images (the ceiling a generator can reach): class consistency
+    with their true labels and the Inception-Score analogue."""
+    loader = BatchLoader(dataset, 1000, device, shuffle=False)
+    probs, _ = classifier_outputs(classifier, (x for x, _ in loader), autocast_dtype)
+    return {"class_consistency": class_consistency(probs, dataset.labels.numpy()),
+            "is_cifargen": inception_score_analogue(probs)}
+
+
+def inception_metrics(model, test_set: ImageDataset, device, weights: str | os.PathLike | None = None,
+                      n: int = QUALITY_SAMPLES, seed: int = 0, log=print) -> dict[str, float] | None:
+    """Inception FID, IS and KID from ``torch-fidelity``, or None (with one line to ``log``) when
+    the library or its Inception weights are not on this machine. Never downloads."""
+    try:
+        import torch_fidelity
+    except ImportError:
+        log("Inception FID/IS/KID skipped: torch-fidelity is not installed (pip install torch-fidelity)")
+        return None
+    if weights is None:
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+    if not Path(weights).is_file():
+        log(f"Inception FID/IS/KID skipped: no Inception weights at {weights} (pass --inception-weights PATH)")
+        return None
+
+    class _Images(torch.utils.data.Dataset):
+        def __init__(self, images: torch.Tensor):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    samples = torch.cat([(x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                         for x, _ in generated_batches(model, n, seed, device)])
+    try:
+        result = torch_fidelity.calculate_metrics(
+            input1=_Images(samples), input2=_Images(test_set.images), isc=True, fid=True, kid=True,
+            feature_extractor_weights_path=str(weights), cuda=torch.device(device).type == "cuda", verbose=False)
+    except Exception as exc:  # noqa: BLE001 - an optional extra must never fail the command
+        log(f"Inception FID/IS/KID skipped: torch-fidelity failed ({type(exc).__name__}: {exc})")
+        return None
+    return {"inception_fid": float(result["frechet_inception_distance"]),
+            "inception_is": float(result["inception_score_mean"]),
+            "inception_kid": float(result["kernel_inception_distance_mean"])}
