@@ -43,6 +43,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _defaults_text(field: str, sub: str | None = None, models=None) -> str:
     from .recipes import GENERATORS, default_config
 
@@ -98,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: visualize/<model>, visualize/gan for acgan)")
     train.add_argument("--latent-dim", type=_positive_int, help=f"latent size ({_defaults_text('latent_dim', 'arch')})")
     train.add_argument("--kl-shape", choices=["geometric", "linear"], help="VAE/CVAE: how lambda rises from 1e-4 to 1 (default: geometric)")
+    train.add_argument("--kl-ramp-from", type=_fraction, metavar="FRACTION",
+                       help="VAE/CVAE: fraction of the run after which lambda leaves 1e-4 and rises to 1 at the last "
+                            "epoch (default: 0.667; 0 ramps right after the KL-free first epoch)")
     train.add_argument("--no-quality", dest="quality", action="store_false", default=None,
                        help="skip the sample-quality figures at the end (computed when a reference classifier exists)")
 
@@ -156,7 +169,8 @@ def config_from_args(args: argparse.Namespace):
     from .recipes import default_config, model_entry
 
     overrides = {name: getattr(args, name) for name in _TOP_LEVEL if getattr(args, name, None) is not None}
-    kl_shape = getattr(args, "kl_shape", None)
+    kl = {k: v for k, v in (("shape", getattr(args, "kl_shape", None)),
+                            ("ramp_from", getattr(args, "kl_ramp_from", None))) if v is not None}
     if isinstance(args.resume, str):
         overrides["out"] = args.resume
     resume = args.resume is not None
@@ -165,8 +179,8 @@ def config_from_args(args: argparse.Namespace):
     if resume:
         config = _saved_config(args.model, Path(overrides["out"]) if overrides.get("out") else model_entry(args.model).out_dir(), config)
         # A resumed run must be the run that was started: only where and how it runs may change.
-        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + (["kl_shape"] if kl_shape else [])
-        changed = [name for name in changed if name in arch or name == "kl_shape" or overrides[name] != getattr(config, name)]
+        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + ["kl_" + k for k in kl]
+        changed = [name for name in changed if name in arch or name.startswith("kl_") or overrides[name] != getattr(config, name)]
         if changed:
             flags = ", ".join("--" + name.replace("_", "-") for name in changed)
             raise ConfigError(f"{flags} cannot change when resuming; resume with the run's own settings, "
@@ -174,10 +188,10 @@ def config_from_args(args: argparse.Namespace):
     config = dataclasses.replace(config, **overrides, resume=resume)
     if arch:
         config.arch = dataclasses.replace(config.arch, **arch)
-    if kl_shape is not None:
+    if kl:
         if not hasattr(config, "kl"):
-            raise ConfigError(f"--kl-shape applies to vae and cvae, not {args.model}")
-        config.kl = dataclasses.replace(config.kl, shape=kl_shape)
+            raise ConfigError(f"--kl-shape and --kl-ramp-from apply to vae and cvae, not {args.model}")
+        config.kl = dataclasses.replace(config.kl, **kl)
     return config
 
 

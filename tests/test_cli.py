@@ -15,7 +15,8 @@ def test_help_lists_models_and_defaults(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["train", "gan9000"], ["train", "vae", "--epochs", "0"], ["train", "vae", "--batch-size", "-3"],
-    ["train", "vae", "--latent-dim", "0"], ["train", "vae", "--lr", "abc"],
+    ["train", "vae", "--latent-dim", "0"], ["train", "vae", "--lr", "abc"], ["train", "vae", "--kl-ramp-from", "1.5"],
+    ["train", "classifier"], ["classifier", "train", "--latent-dim", "8"],
 ])
 def test_bad_flags_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -56,9 +57,15 @@ def test_train_command_runs_and_prints_summary(cifar_root, tmp_path, capsys):
 def test_flags_map_onto_config():
     from cifargen.cli import config_from_args
 
-    args = build_parser().parse_args(["train", "vae", "--epochs", "7", "--kl-shape", "linear", "--width", "16"])
+    args = build_parser().parse_args(["train", "vae", "--epochs", "7", "--kl-shape", "linear", "--width", "16",
+                                      "--kl-ramp-from", "0", "--no-quality"])
     config = config_from_args(args)
     assert config.epochs == 7 and config.kl.shape == "linear" and config.arch.width == 16 and config.lr == 5e-4
+    assert config.kl.ramp_from == 0 and config.quality is False
+    args = build_parser().parse_args(["classifier", "train", "--epochs", "3", "--width", "8"])
+    args.model = "classifier"
+    config = config_from_args(args)
+    assert config.model == "classifier" and config.epochs == 3 and config.arch.width == 8
 
 
 def test_planted_checkpoint_runs_nothing(tmp_path, capsys):
@@ -82,3 +89,13 @@ def test_planted_checkpoint_runs_nothing(tmp_path, capsys):
 def test_resume_without_a_run_is_refused(tmp_path, capsys):
     assert main(["train", "vae", "--resume", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_that_change_the_run(cifar_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    common = ["--data-dir", str(cifar_root), "--limit-train", "64", "--limit-test", "30", "--no-progress"]
+    assert main(["train", "vae", "--out", str(run_dir), "--epochs", "1", "--latent-dim", "16", *common]) == 0
+    capsys.readouterr()
+    for changed in (["--lr", "0.1"], ["--kl-ramp-from", "0.5"], ["--latent-dim", "8"], ["--epochs", "3"]):
+        assert main(["train", "vae", "--resume", str(run_dir), *changed, *common]) == 2
+        assert "cannot change when resuming" in capsys.readouterr().err

@@ -37,7 +37,7 @@ class ClassifierTrainConfig(TrainConfig):
     """Training configuration of the reference classifier; defaults reproduce README's accuracy."""
 
     model: str = "classifier"
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 256
     lr: float = 0.2                # peak of the one-cycle schedule
     momentum: float = 0.9
