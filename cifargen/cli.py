@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--confusion", metavar="PNG", help="AC-GAN: also save the confusion matrix figure here")
     evaluate.add_argument("--no-quality", dest="quality", action="store_false",
-                          help="skip the sample-quality figures (FD-cifargen, IS-cifargen, class consistency)")
+                          help="skip the sample-quality figures (FD-cifargen, IS-cifargen, class consistency; "
+                               "for the reference classifier: the same figures for real images)")
     evaluate.add_argument("--classifier", metavar="DIR",
                           help="reference classifier folder (default: the cache folder `cifargen classifier train` writes)")
     evaluate.add_argument("--quality-samples", type=_positive_int, default=10_000, metavar="N",
@@ -268,7 +269,13 @@ def run_eval(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
     test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
     figures = evaluate_model(model, test_set, device, dtype)
-    if model.kind != "classifier" and args.quality:
+    if model.kind == "classifier" and args.quality:
+        from .quality import real_image_reference
+
+        train_set = load_dataset(data_dir, train=True)
+        reference = real_image_reference(model, train_set, test_set, device, dtype, n=args.quality_samples)
+        figures.update({f"real_{k}": v for k, v in reference.items()})
+    elif args.quality:
         figures.update(_quality_figures(args, model, test_set, device, dtype))
     if model.kind == "acgan" and args.confusion:
         try:

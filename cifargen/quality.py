@@ -138,6 +138,21 @@ def real_image_quality(classifier, dataset: ImageDataset, device, autocast_dtype
             "is_cifargen": inception_score_analogue(probs)}
 
 
+def real_image_reference(classifier, train_set: ImageDataset, test_set: ImageDataset, device, autocast_dtype=None,
+                         n: int = QUALITY_SAMPLES) -> dict[str, float]:
+    """What real images score, the row to read generators' figures against: the test images'
+    class consistency (the classifier's accuracy) and IS analogue, and the Frechet distance of
+    ``n`` training images to the test images (the FD-cifargen a perfect generator would get)."""
+    figures = real_image_quality(classifier, test_set, device, autocast_dtype)
+    batches = (lambda dataset: (x for x, _ in BatchLoader(dataset, 1000, device, shuffle=False)))
+    n = min(n, len(train_set))
+    _, train_features = classifier_outputs(classifier, batches(train_set.head(n)), autocast_dtype)
+    _, test_features = classifier_outputs(classifier, batches(test_set), autocast_dtype)
+    figures["fd_cifargen"] = frechet_distance(train_features, test_features)
+    figures["quality_samples"] = n
+    return figures
+
+
 def inception_metrics(model, test_set: ImageDataset, device, weights: str | os.PathLike | None = None,
                       n: int = QUALITY_SAMPLES, seed: int = 0, log=print) -> dict[str, float] | None:
     """Inception FID, IS and KID from ``torch-fidelity``, or None (with one line to ``log``) when

@@ -159,6 +159,10 @@ def test_classifier_command(cifar_root, tmp_path, capsys):
     assert (out / "model.safetensors").is_file()
     capsys.readouterr()
     assert main(["eval", str(out), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == "classifier"
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == "classifier"
+    # Real images are the reference row: their class consistency is the classifier's accuracy.
+    assert printed["real_class_consistency"] == pytest.approx(printed["accuracy"], abs=1e-12)
+    assert printed["real_fd_cifargen"] > 0 and printed["real_quality_samples"] == 320
     assert main(["sample", str(out), "--out", str(tmp_path / "s")]) == 2
     assert "does not generate" in capsys.readouterr().err
