@@ -31,6 +31,9 @@ class ACGANConfig:
     class_embed_dim: int = 32
     dropout: float = 0.25
     spectral_norm: bool = False
+    # Discriminator: batch norm after every convolution but the first. Measured after 300 steps
+    # (README): test accuracy 0.350 with it, 0.272 without.
+    batch_norm: bool = True
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -61,8 +64,9 @@ class Generator(Decoder):
 class Discriminator(nn.Module):
     """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
 
-    Two 3x3 convolutions per resolution (the second strided), LeakyReLU, dropout, no batch norm
-    (real and generated batches have different statistics).
+    Two 3x3 convolutions per resolution (the second strided), batch norm (all but the first
+    convolution; the discriminator's step normalises real and generated images together, in one
+    batch), LeakyReLU and dropout.
     """
 
     def __init__(self, config: ACGANConfig):
@@ -70,9 +74,10 @@ class Discriminator(nn.Module):
         wrap = nn.utils.spectral_norm if config.spectral_norm else (lambda m: m)
         c = config.d_width
         layers = [wrap(nn.Conv2d(config.image_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        norm = nn.BatchNorm2d if config.batch_norm else (lambda channels: nn.Identity())
         for _ in range(config.num_downsamples):
-            layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2),
-                       wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2),
+                       wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
                        nn.Dropout(config.dropout)]
             c *= 2
         self.trunk = nn.Sequential(*layers, nn.Flatten())

@@ -29,7 +29,8 @@ class ACGANTrainConfig(TrainConfig):
     # more than the assignment's 30 epochs of batch 256 (5,880), from half the images.
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 2e-4
+    lr: float = 2e-4               # the generator's (and the discriminator's unless d_lr is set)
+    d_lr: float | None = None      # the discriminator's learning rate (None: lr)
     betas: tuple[float, float] = (0.5, 0.999)
     arch: ACGANConfig = field(default_factory=ACGANConfig)
     label_smoothing: float = 0.0   # one-sided: real target 1 - label_smoothing
@@ -53,7 +54,8 @@ class ACGANRecipe(Recipe):
         fused = device.type in ("cuda", "cpu")
         self.optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas, fused=fused),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas, fused=fused),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.d_lr or config.lr,
+                                              betas=config.betas, fused=fused),
         }
         # Drawn once from the seed, so every epoch's figure renders the same z and classes.
         fixed = torch.Generator().manual_seed(config.seed + 1)
