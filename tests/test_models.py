@@ -149,3 +149,26 @@ def test_acgan_discriminator_heads():
     assert adv.shape == (5,) and cls.shape == (5, 10)
     images, classes = gan.generate(4)
     assert images.shape == (4, 3, 32, 32) and classes.shape == (4,)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_acgan_discriminator_norm_options(norm):
+    disc = ACGAN(ACGANConfig(width=8, d_width=4, latent_dim=16, norm=norm)).discriminator
+    kinds = {"batch": nn.BatchNorm2d, "group": nn.GroupNorm}
+    if norm in kinds:
+        assert sum(isinstance(m, kinds[norm]) for m in disc.modules()) == 6  # every conv but the first
+    adv, cls = disc(torch.rand(3, 3, 32, 32))
+    assert adv.shape == (3,) and cls.shape == (3, 10)
+
+
+def test_generator_step_leaves_batch_norm_running_statistics_alone():
+    from cifargen.recipes.acgan import frozen_running_stats
+
+    disc = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16)).discriminator.train()
+    before = [m.running_mean.clone() for m in disc.modules() if isinstance(m, nn.BatchNorm2d)]
+    with frozen_running_stats(disc):
+        disc(torch.rand(4, 3, 32, 32) + 5)
+    after = [m.running_mean for m in disc.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    disc(torch.rand(4, 3, 32, 32) + 5)  # outside it, the statistics move again
+    assert not torch.equal(before[0], next(m for m in disc.modules() if isinstance(m, nn.BatchNorm2d)).running_mean)

@@ -7,6 +7,7 @@ trunk with a real/fake head (one logit) and an auxiliary classifier head (one lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,14 +32,17 @@ class ACGANConfig:
     class_embed_dim: int = 32
     dropout: float = 0.25
     spectral_norm: bool = False
-    # Discriminator: batch norm after every convolution but the first. Measured after 300 steps
-    # (README): test accuracy 0.350 with it, 0.272 without.
-    batch_norm: bool = True
+    # Discriminator: normalisation after every convolution but the first: "batch", "group"
+    # (GroupNorm, 8 groups: no running statistics, the same in training and evaluation) or "none".
+    # Test accuracy after 300 steps (README): group 0.379, batch 0.361, none 0.272.
+    norm: str = "group"
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.norm not in ("batch", "group", "none"):
+            raise ConfigError(f"norm must be 'batch', 'group' or 'none', got {self.norm!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -64,9 +68,8 @@ class Generator(Decoder):
 class Discriminator(nn.Module):
     """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
 
-    Two 3x3 convolutions per resolution (the second strided), batch norm (all but the first
-    convolution; the discriminator's step normalises real and generated images together, in one
-    batch), LeakyReLU and dropout.
+    Two 3x3 convolutions per resolution (the second strided), group norm (all but the first
+    convolution), LeakyReLU and dropout.
     """
 
     def __init__(self, config: ACGANConfig):
@@ -74,7 +77,8 @@ class Discriminator(nn.Module):
         wrap = nn.utils.spectral_norm if config.spectral_norm else (lambda m: m)
         c = config.d_width
         layers = [wrap(nn.Conv2d(config.image_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
-        norm = nn.BatchNorm2d if config.batch_norm else (lambda channels: nn.Identity())
+        norm = {"batch": nn.BatchNorm2d, "group": lambda channels: nn.GroupNorm(math.gcd(8, channels), channels),
+                "none": lambda channels: nn.Identity()}[config.norm]
         for _ in range(config.num_downsamples):
             layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2),
                        wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),

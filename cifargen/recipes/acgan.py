@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,25 @@ class ACGANTrainConfig(TrainConfig):
     label_smoothing: float = 0.0   # one-sided: real target 1 - label_smoothing
     flip_augment: bool = True      # random horizontal flips of the discriminator's inputs
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
+
+
+@contextlib.contextmanager
+def frozen_running_stats(module: torch.nn.Module):
+    """Batch norm normalises with the batch's statistics but leaves its running statistics alone.
+
+    The generator's step shows the discriminator generated images only; letting those batches
+    into the running statistics skews them away from real images, which evaluation normalises
+    with (measured: test accuracy 0.36 in evaluation mode against 0.44 with batch statistics).
+    """
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 class ACGANRecipe(Recipe):
@@ -90,7 +111,7 @@ class ACGANRecipe(Recipe):
         # discriminator's weights get no gradient here (saves a third of its backward pass), and
         # it is called unwrapped: under DDP only the generator's gradients are synchronised.
         self.discriminator.requires_grad_(False)
-        with autocast(self.device, self.autocast_dtype):
+        with autocast(self.device, self.autocast_dtype), frozen_running_stats(self.discriminator):
             adv_g, cls_g = self.discriminator(self._augment(fake))
         g_loss = adversarial_loss(adv_g, True) + auxiliary_loss(cls_g, y_fake)
         opt_g.zero_grad(set_to_none=True)
