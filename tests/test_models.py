@@ -164,7 +164,7 @@ def test_acgan_discriminator_norm_options(norm):
 def test_generator_step_leaves_batch_norm_running_statistics_alone():
     from cifargen.recipes.acgan import frozen_running_stats
 
-    disc = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16)).discriminator.train()
+    disc = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16, norm="batch")).discriminator.train()
     before = [m.running_mean.clone() for m in disc.modules() if isinstance(m, nn.BatchNorm2d)]
     with frozen_running_stats(disc):
         disc(torch.rand(4, 3, 32, 32) + 5)
