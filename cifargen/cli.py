@@ -33,24 +33,21 @@ _positive_int = _int_in(1, None, "positive")
 _seed = _int_in(0, 2 ** 63, "between 0 and 2**63 - 1")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _float_where(accept, what: str):
+    """An argparse type: a number for which ``accept(value)`` holds (NaN never does)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+_positive_float = _float_where(lambda v: 0 < v < float("inf"), "a positive number")
+_fraction = _float_where(lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _defaults_text(field: str, sub: str | None = None, models=None) -> str:

@@ -309,6 +309,13 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def steps_per_epoch(num_images: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps each process takes per epoch: that of the largest shard (DDP needs every rank to take
+    the same number)."""
+    largest_shard = -(-num_images // world_size)
+    return -(-largest_shard // batch_size)
+
+
 class BatchLoader:
     """Batches of a whole split kept on ``device`` as uint8.
 
@@ -333,9 +340,7 @@ class BatchLoader:
         return order[self.rank::self.world_size]
 
     def __len__(self) -> int:
-        # Every rank takes the same number of steps (DDP needs it): that of the largest shard.
-        largest_shard = -(-len(self.data) // self.world_size)
-        return -(-largest_shard // self.batch_size)
+        return steps_per_epoch(len(self.data), self.batch_size, self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()

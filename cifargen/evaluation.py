@@ -69,16 +69,18 @@ def classifier_predictions(discriminator, dataset: ImageDataset, device, autocas
     return predicted_classes(lambda x: discriminator(x)[1], dataset, device, autocast_dtype, batch_size)
 
 
-def classifier_accuracy(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> float:
-    """Test accuracy of a plain classifier (``classifier(x)`` -> logits)."""
-    predicted, true = predicted_classes(classifier, dataset, device, autocast_dtype)
+def classifier_accuracy(class_logits_fn, dataset: ImageDataset, device, autocast_dtype=None) -> float:
+    """Accuracy on ``dataset`` of a classifier (``class_logits_fn(x)`` -> class logits)."""
+    return _accuracy(*predicted_classes(class_logits_fn, dataset, device, autocast_dtype))
+
+
+def _accuracy(predicted: torch.Tensor, true: torch.Tensor) -> float:
     return float((predicted == true).double().mean())
 
 
 def evaluate_acgan(discriminator, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
     """Auxiliary classification accuracy of the discriminator on real test images."""
-    predicted, true = classifier_predictions(discriminator, dataset, device, autocast_dtype)
-    return {"accuracy": float((predicted == true).double().mean())}
+    return {"accuracy": classifier_accuracy(lambda x: discriminator(x)[1], dataset, device, autocast_dtype)}
 
 
 def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
@@ -96,5 +98,5 @@ def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) ->
     classes = len(dataset.class_names)
     confusion = torch.bincount(true * classes + predicted, minlength=classes * classes).view(classes, classes)
     per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
-    return {"accuracy": float((predicted == true).double().mean()),
+    return {"accuracy": _accuracy(predicted, true),
             "per_class_accuracy": dict(zip(dataset.class_names, per_class)), "confusion": confusion.tolist()}

@@ -107,12 +107,20 @@ def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
             yield model.generate(count, generator=generator).float(), None
 
 
+def _real_images(dataset: ImageDataset, device):
+    """The images of ``dataset``, in evaluation batches on ``device``."""
+    return (x for x, _ in BatchLoader(dataset, 1000, device, shuffle=False))
+
+
+def _labelled_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"class_consistency": class_consistency(probs, labels), "is_cifargen": inception_score_analogue(probs)}
+
+
 @torch.inference_mode()
 def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
                    n: int = QUALITY_SAMPLES, seed: int = 0) -> dict[str, float]:
     """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` of ``n`` samples."""
-    _, test_features = classifier_outputs(
-        classifier, (x for x, _ in BatchLoader(test_set, 1000, device, shuffle=False)), autocast_dtype)
+    _, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
     labels = []
 
     def images():
@@ -132,10 +140,8 @@ def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_d
 def real_image_quality(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
     """The same figures for real images (the ceiling a generator can reach): class consistency
     with their true labels and the Inception-Score analogue."""
-    loader = BatchLoader(dataset, 1000, device, shuffle=False)
-    probs, _ = classifier_outputs(classifier, (x for x, _ in loader), autocast_dtype)
-    return {"class_consistency": class_consistency(probs, dataset.labels.numpy()),
-            "is_cifargen": inception_score_analogue(probs)}
+    probs, _ = classifier_outputs(classifier, _real_images(dataset, device), autocast_dtype)
+    return _labelled_figures(probs, dataset.labels.numpy())
 
 
 def real_image_reference(classifier, train_set: ImageDataset, test_set: ImageDataset, device, autocast_dtype=None,
@@ -143,11 +149,10 @@ def real_image_reference(classifier, train_set: ImageDataset, test_set: ImageDat
     """What real images score, the row to read generators' figures against: the test images'
     class consistency (the classifier's accuracy) and IS analogue, and the Frechet distance of
     ``n`` training images to the test images (the FD-cifargen a perfect generator would get)."""
-    figures = real_image_quality(classifier, test_set, device, autocast_dtype)
-    batches = (lambda dataset: (x for x, _ in BatchLoader(dataset, 1000, device, shuffle=False)))
+    probs, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
+    figures = _labelled_figures(probs, test_set.labels.numpy())
     n = min(n, len(train_set))
-    _, train_features = classifier_outputs(classifier, batches(train_set.head(n)), autocast_dtype)
-    _, test_features = classifier_outputs(classifier, batches(test_set), autocast_dtype)
+    _, train_features = classifier_outputs(classifier, _real_images(train_set.head(n), device), autocast_dtype)
     figures["fd_cifargen"] = frechet_distance(train_features, test_features)
     figures["quality_samples"] = n
     return figures

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-from ..data import load_dataset
+from ..data import load_dataset, steps_per_epoch
 from ..runtime import atomic_write_json, distributed_env
 from ..errors import ConfigError
 from ..training import METRICS, TrainConfig, fit, prepare_run_dir, setup_runtime
@@ -71,8 +71,8 @@ def train(config: TrainConfig, log=None) -> dict:
     test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
     if world_size > 1 and rank == 0:
         torch.distributed.barrier()
-    steps_per_epoch = -(-(-(-len(train_set) // world_size)) // config.batch_size)  # as BatchLoader's len
-    recipe = entry.recipe_class(config, train_set.class_names, device, dtype, steps_per_epoch)
+    recipe = entry.recipe_class(config, train_set.class_names, device, dtype,
+                                steps_per_epoch(len(train_set), config.batch_size, world_size))
     metrics = fit(recipe, train_set, test_set, out, log=log)
     if rank == 0 and config.quality and config.model in GENERATORS:
         quality = measure_sample_quality(out, test_set, device, dtype, log or (lambda line: print(line, file=sys.stderr)))
