@@ -48,6 +48,7 @@ def _float_where(accept, what: str):
 
 _positive_float = _float_where(lambda v: 0 < v < float("inf"), "a positive number")
 _fraction = _float_where(lambda v: 0 <= v < 1, "in [0, 1)")
+_non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def _defaults_text(field: str, sub: str | None = None, models=None) -> str:
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-ramp-from", type=_fraction, metavar="FRACTION",
                        help="VAE/CVAE: fraction of the run after which lambda leaves 1e-4 and rises to 1 at the last "
                             "epoch (default: 0.667; 0 ramps right after the KL-free first epoch)")
+    train.add_argument("--d-lr", type=_positive_float, metavar="LR",
+                       help="AC-GAN: the discriminator's learning rate (default: --lr)")
+    train.add_argument("--mode-seeking", type=_non_negative_float, metavar="WEIGHT",
+                       help="AC-GAN: weight of the mode-seeking term against within-class collapse (default: 0, off)")
     train.add_argument("--no-quality", dest="quality", action="store_false", default=None,
                        help="skip the sample-quality figures at the end (computed when a reference classifier exists)")
 
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _RESUMABLE_CHANGES = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality"}
-_TOP_LEVEL = ("epochs", "batch_size", "lr", "data_dir", "out", "device", "seed", "limit_train", "limit_test",
+_ACGAN_ONLY = ("d_lr", "mode_seeking")
+_TOP_LEVEL = _ACGAN_ONLY + ("epochs", "batch_size", "lr", "data_dir", "out", "device", "seed", "limit_train", "limit_test",
               "precision", "compile", "threads", "overwrite", "progress", "quality")
 
 
@@ -173,6 +179,9 @@ def config_from_args(args: argparse.Namespace):
         overrides["out"] = args.resume
     resume = args.resume is not None
     config = default_config(args.model)
+    for name in _ACGAN_ONLY:
+        if name in overrides and not hasattr(config, name):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to acgan, not {args.model}")
     arch = {k: v for k, v in (("latent_dim", getattr(args, "latent_dim", None)), ("width", args.width)) if v is not None}
     if resume:
         config = _saved_config(args.model, Path(overrides["out"]) if overrides.get("out") else model_entry(args.model).out_dir(), config)
