@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--confusion", metavar="PNG", help="AC-GAN: also save the confusion matrix figure here")
     evaluate.add_argument("--no-quality", dest="quality", action="store_false",
-                          help="skip the sample-quality figures (FD-cifargen, IS-cifargen, class consistency; "
+                          help="skip the sample-quality figures (FD-cifargen, IS-cifargen, class consistency, diversity; "
                                "for the reference classifier: the same figures for real images)")
     evaluate.add_argument("--classifier", metavar="DIR",
                           help="reference classifier folder (default: the cache folder `cifargen classifier train` writes)")

@@ -8,7 +8,11 @@ For a generator (VAE, CVAE, AC-GAN) and 10,000 of its samples:
   features of the samples and of the test images. It is FID's formula on a different network,
   so its values are not comparable with published FIDs, and it is never called FID;
 * ``is_cifargen``: the Inception-Score analogue, exp(E_x KL(p(y|x) || p(y))), between 1 and the
-  number of classes.
+  number of classes;
+* ``diversity`` (conditional models): how far apart samples of one class lie in the classifier's
+  feature space (mean pairwise distance), as a fraction of the same spread for the test images of
+  that class: about 1 for a generator as varied as the data, near 0 when it has collapsed within
+  classes (the same image for every z).
 
 The standard Inception FID/IS/KID come from ``torch-fidelity`` only when it is installed and its
 Inception weights are on this machine (:func:`inception_metrics`); otherwise they are skipped.
@@ -89,6 +93,17 @@ def class_consistency(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == np.asarray(labels)).mean())
 
 
+def within_class_spread(features: np.ndarray, labels: np.ndarray, per_class: int = 200) -> float:
+    """Mean over classes of the mean Euclidean distance between two feature vectors of that class
+    (the first ``per_class`` of each class)."""
+    from scipy.spatial.distance import pdist
+
+    labels = np.asarray(labels)
+    spreads = [pdist(features[labels == c][:per_class]).mean() for c in np.unique(labels)
+               if (labels == c).sum() >= 2]
+    return float(np.mean(spreads))
+
+
 def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
     """Yield ``(images, classes or None)`` for ``n`` samples of z ~ N(0, I) from a generator.
 
@@ -121,6 +136,7 @@ def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_d
                    n: int = QUALITY_SAMPLES, seed: int = 0) -> dict[str, float]:
     """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` of ``n`` samples."""
     _, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
+    test_labels = test_set.labels.numpy()
     labels = []
 
     def images():
@@ -132,7 +148,9 @@ def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_d
     probs, features = classifier_outputs(classifier, images(), autocast_dtype)
     figures = {"fd_cifargen": frechet_distance(features, test_features), "is_cifargen": inception_score_analogue(probs)}
     if labels:
-        figures["class_consistency"] = class_consistency(probs, torch.cat(labels).numpy())
+        labels = torch.cat(labels).numpy()
+        figures["class_consistency"] = class_consistency(probs, labels)
+        figures["diversity"] = within_class_spread(features, labels) / within_class_spread(test_features, test_labels)
     figures["quality_samples"] = n
     return figures
 
@@ -152,8 +170,11 @@ def real_image_reference(classifier, train_set: ImageDataset, test_set: ImageDat
     probs, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
     figures = _labelled_figures(probs, test_set.labels.numpy())
     n = min(n, len(train_set))
-    _, train_features = classifier_outputs(classifier, _real_images(train_set.head(n), device), autocast_dtype)
+    train_subset = train_set.head(n)
+    _, train_features = classifier_outputs(classifier, _real_images(train_subset, device), autocast_dtype)
     figures["fd_cifargen"] = frechet_distance(train_features, test_features)
+    figures["diversity"] = (within_class_spread(train_features, train_subset.labels.numpy())
+                            / within_class_spread(test_features, test_set.labels.numpy()))
     figures["quality_samples"] = n
     return figures
 

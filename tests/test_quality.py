@@ -14,7 +14,7 @@ from cifargen.data import load_dataset
 from cifargen.evaluation import classifier_accuracy
 from cifargen.models import Classifier, ClassifierConfig
 from cifargen.quality import (class_consistency, frechet_distance, inception_metrics, inception_score_analogue,
-                              load_reference_classifier, real_image_quality, sample_quality)
+                              load_reference_classifier, real_image_quality, sample_quality, within_class_spread)
 
 QUICK = dict(limit_train=256, limit_test=120, progress=False, threads=2)
 
@@ -58,6 +58,18 @@ def test_class_consistency():
     assert class_consistency(probs, [0, 1, 2, 0]) == 0.75
 
 
+def test_within_class_spread_against_loops():
+    rng = np.random.default_rng(2)
+    features, labels = rng.normal(size=(60, 5)), np.arange(60) % 3
+    expected = np.mean([np.mean([np.sqrt(((features[i] - features[j]) ** 2).sum())
+                                 for i in np.flatnonzero(labels == c) for j in np.flatnonzero(labels == c) if i < j])
+                        for c in range(3)])
+    assert within_class_spread(features, labels) == pytest.approx(expected, rel=1e-12)
+    collapsed = features[labels]  # every sample of a class has the same features
+    assert within_class_spread(collapsed, labels) == 0.0
+    assert within_class_spread(features * 2, labels) == pytest.approx(2 * expected)
+
+
 @pytest.fixture(scope="module")
 def reference_classifier(cifar_root, tmp_path_factory):
     """A reference classifier trained for one epoch on the tiny data set, via the shared loop."""
@@ -98,8 +110,8 @@ def test_sample_quality_of_a_generator(reference_classifier, cifar_root, tmp_pat
     test_set = load_dataset(cifar_root, train=False)
     model = CVAE(VAEConfig(width=8, latent_dim=8)).eval()
     figures = sample_quality(model, classifier, test_set, "cpu", n=300)
-    assert set(figures) == {"fd_cifargen", "is_cifargen", "class_consistency", "quality_samples"}
-    assert figures["fd_cifargen"] > 0 and 1.0 <= figures["is_cifargen"] <= 10.0
+    assert set(figures) == {"fd_cifargen", "is_cifargen", "class_consistency", "diversity", "quality_samples"}
+    assert figures["fd_cifargen"] > 0 and 1.0 <= figures["is_cifargen"] <= 10.0 and figures["diversity"] > 0
     assert sample_quality(model, classifier, test_set, "cpu", n=300) == figures  # seeded: repeatable
 
 
@@ -115,7 +127,7 @@ def test_training_writes_quality_and_eval_reproduces_it(reference_classifier, ci
     capsys.readouterr()
     assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    for key in ("fd_cifargen", "is_cifargen", "class_consistency"):
+    for key in ("fd_cifargen", "is_cifargen", "class_consistency", "diversity"):
         assert printed[key] == pytest.approx(quality[key], rel=1e-4, abs=1e-4)
 
 
@@ -164,5 +176,6 @@ def test_classifier_command(cifar_root, tmp_path, capsys):
     # Real images are the reference row: their class consistency is the classifier's accuracy.
     assert printed["real_class_consistency"] == pytest.approx(printed["accuracy"], abs=1e-12)
     assert printed["real_fd_cifargen"] > 0 and printed["real_quality_samples"] == 320
+    assert 0.5 < printed["real_diversity"] < 2.0  # training vs test images: about as spread
     assert main(["sample", str(out), "--out", str(tmp_path / "s")]) == 2
     assert "does not generate" in capsys.readouterr().err
