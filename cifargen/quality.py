@@ -134,7 +134,7 @@ def _labelled_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]
 @torch.inference_mode()
 def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
                    n: int = QUALITY_SAMPLES, seed: int = 0) -> dict[str, float]:
-    """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` of ``n`` samples."""
+    """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` and ``diversity`` of ``n`` samples."""
     _, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
     test_labels = test_set.labels.numpy()
     labels = []

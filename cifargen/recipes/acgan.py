@@ -107,6 +107,7 @@ class ACGANRecipe(Recipe):
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.d_lr or config.lr,
                                               betas=config.betas, fused=fused),
         }
+        # Per step, so the decay is smooth; it needs the run's length (the loop passes it).
         if config.lr_decay_from < 1 and steps_per_epoch:
             total = config.epochs * steps_per_epoch
             start = int(config.lr_decay_from * total)
