@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--d-lr", type=_positive_float, metavar="LR",
                        help="AC-GAN: the discriminator's learning rate (default: --lr)")
     train.add_argument("--mode-seeking", type=_non_negative_float, metavar="WEIGHT",
-                       help="AC-GAN: weight of the mode-seeking term against within-class collapse (default: 0, off)")
+                       help="AC-GAN: weight of the mode-seeking term against within-class collapse (default: 0.3; 0 turns it off)")
     train.add_argument("--no-quality", dest="quality", action="store_false", default=None,
                        help="skip the sample-quality figures at the end (computed when a reference classifier exists)")
 

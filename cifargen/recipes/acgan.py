@@ -44,8 +44,9 @@ class ACGANTrainConfig(TrainConfig):
     lr_decay_from: float = 0.5
     # Mode seeking (Mao et al., 2019, MSGAN): the batch's second half repeats the first half's
     # classes with new z, and the generator pays mode_seeking / (|G(z1)-G(z2)| / |z1-z2|), so two
-    # latents of one class cannot render the same image (0 turns it off).
-    mode_seeking: float = 0.0
+    # latents of one class cannot render the same image (0 turns it off). Full runs (README):
+    # 0.3 gave diversity 0.77, FD-cifargen 3.8, test accuracy 0.789; 0 gave 0.15, 11.2, 0.785.
+    mode_seeking: float = 0.3
     # Weight of the discriminator's classification loss on real images (the headline is its
     # accuracy on real test images); the other three terms keep weight 1. After 1,000 steps
     # (README): 0.496 with 3, 0.470 with 1.
