@@ -80,7 +80,7 @@ def _accuracy(predicted: torch.Tensor, true: torch.Tensor) -> float:
 
 def evaluate_acgan(discriminator, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
     """Auxiliary classification accuracy of the discriminator on real test images."""
-    return {"accuracy": classifier_accuracy(lambda x: discriminator(x)[1], dataset, device, autocast_dtype)}
+    return {"accuracy": _accuracy(*classifier_predictions(discriminator, dataset, device, autocast_dtype))}
 
 
 def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
