@@ -29,7 +29,8 @@ def build_model(kind: str, arch: dict) -> nn.Module:
         config = VAEConfig(**{k: v for k, v in arch.items() if k != "conditional"})
         return CVAE(config) if kind == "cvae" else VAE(config)
     if kind == "acgan":
-        return ACGAN(ACGANConfig(**arch))
+        # Files written before norm_group_size existed used 8 groups per layer (None).
+        return ACGAN(ACGANConfig(**{"norm_group_size": None, **arch}))
     if kind == "classifier":
         return Classifier(ClassifierConfig(**arch))
     raise ConfigError(f"unknown model kind {kind!r} in {CONFIG}")

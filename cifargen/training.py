@@ -24,7 +24,8 @@ import torch.nn as nn
 from .data import BatchLoader, ImageDataset, default_data_dir
 from .errors import ConfigError, TrainingError
 from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
-                      physical_cores, resolve_device, resolve_precision, rng_state, seed_everything, set_rng_state)
+                      keep_freed_memory_for_reuse, physical_cores, resolve_device, resolve_precision, rng_state,
+                      seed_everything, set_rng_state)
 
 CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -454,6 +455,8 @@ def setup_runtime(config: TrainConfig) -> tuple[torch.device, torch.dtype | None
         device = init_distributed(device)
     torch.set_num_threads(config.threads or max(1, physical_cores() // (world_size if device.type == "cpu" else 1)))
     dtype = resolve_precision(config.precision, device)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

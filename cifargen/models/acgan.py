@@ -7,13 +7,13 @@ trunk with a real/fake head (one logit) and an auxiliary classifier head (one lo
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .layers import Dropout, group_norm
 from .vae import Decoder, VAEConfig, leaky_relu, sample_latents
 
 
@@ -33,9 +33,12 @@ class ACGANConfig:
     dropout: float = 0.25
     spectral_norm: bool = False
     # Discriminator: normalisation after every convolution but the first: "batch", "group"
-    # (GroupNorm, 8 groups: no running statistics, the same in training and evaluation) or "none".
+    # (GroupNorm: no running statistics, the same in training and evaluation) or "none".
     # Test accuracy after 300 steps (README): group 0.379, batch 0.361, none 0.272.
     norm: str = "group"
+    # Channels per GroupNorm group. 16, not 4-8: the CPU's bf16 channels-last kernel is 5-8x
+    # faster with 16 (models/layers.py). None: 8 groups per layer, the layout before it.
+    norm_group_size: int | None = 16
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -43,6 +46,8 @@ class ACGANConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.norm not in ("batch", "group", "none"):
             raise ConfigError(f"norm must be 'batch', 'group' or 'none', got {self.norm!r}")
+        if self.norm_group_size is not None and self.norm_group_size <= 0:
+            raise ConfigError(f"norm_group_size must be positive (or None), got {self.norm_group_size}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -69,7 +74,7 @@ class Discriminator(nn.Module):
     """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
 
     Two 3x3 convolutions per resolution (the second strided), group norm (all but the first
-    convolution), LeakyReLU and dropout.
+    convolution), LeakyReLU and dropout (``layers.Dropout``: nn.Dropout's distribution, a faster mask).
     """
 
     def __init__(self, config: ACGANConfig):
@@ -77,12 +82,12 @@ class Discriminator(nn.Module):
         wrap = nn.utils.spectral_norm if config.spectral_norm else (lambda m: m)
         c = config.d_width
         layers = [wrap(nn.Conv2d(config.image_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
-        norm = {"batch": nn.BatchNorm2d, "group": lambda channels: nn.GroupNorm(math.gcd(8, channels), channels),
+        norm = {"batch": nn.BatchNorm2d, "group": lambda channels: group_norm(channels, config.norm_group_size),
                 "none": lambda channels: nn.Identity()}[config.norm]
         for _ in range(config.num_downsamples):
             layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2),
                        wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
-                       nn.Dropout(config.dropout)]
+                       Dropout(config.dropout)]
             c *= 2
         self.trunk = nn.Sequential(*layers, nn.Flatten())
         features = c * (config.image_size // 2 ** config.num_downsamples) ** 2

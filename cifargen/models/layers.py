@@ -1,0 +1,75 @@
+"""Layers that compute what a ``torch.nn`` layer computes, faster where it is slow on the CPU.
+
+- :class:`Dropout`: ``nn.Dropout`` draws one Bernoulli sample per element, about 7 ns each on a
+  CPU core (28 ms for a 128x32x32x32 activation and its gradient on 2 cores, a seventh of an
+  AC-GAN step). Cutting 64-bit random words into four 16-bit integers and comparing them with a
+  threshold gives the same keep/drop distribution for a seventh of the time.
+- :func:`group_norm`: the CPU's bfloat16 channels-last GroupNorm kernel is slow when a group has
+  fewer than 16 channels (12.6 ms forward and backward at 128x32x32x32 with 4 channels per group,
+  1.6 ms with 16), so the discriminator's groups are sized in channels, 16 by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+INT16_LEVELS = 2 ** 16
+
+
+def random_int16_like(x: torch.Tensor) -> torch.Tensor:
+    """Uniform random int16 values with ``x``'s shape and memory layout (contiguous or channels-last).
+
+    Four values per 64-bit draw of the global generator, so seeding and checkpointed RNG state
+    cover it like any other torch random call.
+    """
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+    values = words.view(torch.int16)[:n]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.as_strided(values, x.shape, x.stride())
+    return values.view(x.shape)
+
+
+class Dropout(nn.Module):
+    """``nn.Dropout(p)``: zero each element with probability ``p``, scale the rest by 1 / (1 - p).
+
+    On the CPU the mask comes from 16-bit random integers (see the module docstring), so the drop
+    probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25 or 0.5); elsewhere this
+    is ``F.dropout``, which is already fast on a GPU.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        threshold = -INT16_LEVELS // 2 + round(self.p * INT16_LEVELS)
+        keep = random_int16_like(x) >= threshold
+        # x * mask keeps x's layout and autograd saves only the mask for the backward pass.
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def group_norm(channels: int, group_size: int | None) -> nn.GroupNorm:
+    """GroupNorm over groups of ``group_size`` channels (fewer when ``channels`` is smaller).
+
+    ``group_size=None`` is the earlier layout, 8 groups per layer (``gcd(8, channels)``), kept so
+    that models saved with it load unchanged.
+    """
+    if group_size is None:
+        groups = math.gcd(8, channels)
+    else:
+        groups = max(1, channels // math.gcd(group_size, channels))
+    return nn.GroupNorm(groups, channels)

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cifargen.modelfile import load, save_model
+from cifargen.models import ACGAN, ACGANConfig
+from cifargen.models.layers import Dropout, group_norm, random_int16_like
+
+
+def test_random_int16_is_uniform_in_every_lane_and_keeps_the_layout():
+    torch.manual_seed(0)
+    x = torch.empty(64, 16, 32, 32).to(memory_format=torch.channels_last)
+    values = random_int16_like(x)
+    assert values.shape == x.shape and values.stride() == x.stride() and values.dtype == torch.int16
+    flat = values.permute(0, 2, 3, 1).reshape(-1, 4).numpy().astype(np.int64)  # the 4 int16 of each 64-bit word
+    for lane in flat.T:
+        counts = np.bincount((lane + 32768) // 4096, minlength=16)  # 16 equal bins of the int16 range
+        expected = len(lane) / 16
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < 50, chi2  # 15 degrees of freedom: 50 is far beyond the 0.9999 quantile (~44)
+    assert abs(flat.mean()) < 30  # mean of 1M uniform int16 values: standard error ~19
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.1])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dropout_matches_nn_dropout_in_distribution(p, layout):
+    torch.manual_seed(1)
+    x = (torch.rand(32, 16, 16, 16) + 0.5).to(memory_format=layout).requires_grad_()
+    out = Dropout(p).train()(x)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - p) < 0.01  # 131k elements: standard error < 0.0014
+    per_channel = dropped.float().mean(dim=(0, 2, 3))
+    assert (per_channel - p).abs().max() < 0.03  # no channel (memory-order position) is favoured
+    torch.testing.assert_close(out[~dropped], (x / (1 - p))[~dropped])
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (~dropped).float() / (1 - p))
+
+
+def test_dropout_is_identity_in_eval_mode_and_at_zero():
+    x = torch.rand(4, 8, 4, 4)
+    assert torch.equal(Dropout(0.25).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(1.0)
+
+
+def test_dropout_follows_the_seed():
+    x = torch.rand(4, 8, 4, 4)
+    torch.manual_seed(3)
+    first = Dropout(0.25)(x)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.25)(x), first)
+
+
+def test_dropout_on_bfloat16_keeps_dtype():
+    x = torch.rand(8, 8, 8, 8, dtype=torch.bfloat16)
+    out = Dropout(0.25)(x)
+    assert out.dtype == torch.bfloat16
+    kept = out != 0
+    torch.testing.assert_close(out[kept].float(), (x[kept] / 0.75).float(), rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("channels, group_size, groups", [(32, 16, 2), (64, 16, 4), (256, 16, 16), (8, 16, 1),
+                                                          (48, 16, 3), (24, 16, 3), (32, None, 8), (256, None, 8)])
+def test_group_norm_groups(channels, group_size, groups):
+    norm = group_norm(channels, group_size)
+    assert isinstance(norm, nn.GroupNorm) and norm.num_groups == groups and norm.num_channels == channels
+
+
+def test_group_norm_normalises_each_group_of_channels():
+    x = torch.randn(2, 32, 5, 5) * torch.arange(1, 33).view(1, 32, 1, 1) + 3
+    out = group_norm(32, 16)(x).detach().numpy()
+    ref = x.numpy().reshape(2, 2, 16 * 25)
+    ref = ((ref - ref.mean(-1, keepdims=True)) / np.sqrt(ref.var(-1, keepdims=True) + 1e-5)).reshape(2, 32, 5, 5)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_discriminator_uses_the_configured_groups():
+    disc = ACGAN(ACGANConfig(width=8, d_width=16, latent_dim=16)).discriminator
+    norms = [m for m in disc.modules() if isinstance(m, nn.GroupNorm)]
+    assert [m.num_groups for m in norms] == [m.num_channels // 16 for m in norms]
+    assert sum(isinstance(m, Dropout) for m in disc.modules()) == 3
+
+
+def test_model_files_from_before_group_size_load_with_eight_groups(tmp_path):
+    gan = ACGAN(ACGANConfig(width=8, d_width=16, latent_dim=16, norm_group_size=None)).eval()
+    save_model(gan, tmp_path, [str(i) for i in range(10)])
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["arch"]["norm_group_size"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load(tmp_path)
+    assert [m.num_groups for m in loaded.modules() if isinstance(m, nn.GroupNorm)] == [8] * 6
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.discriminator(x), gan.discriminator(x))
