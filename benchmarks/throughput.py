@@ -11,6 +11,9 @@ For each model (VAE, CVAE, AC-GAN, default architecture and batch size) it times
   torch.utils.data.DataLoader over a Dataset that converts one image at a time to a float tensor,
   2 worker processes, fp32, a default Adam, ``loss.item()`` every step, no compile.
 
+Both run the same network classes (cifargen's faster dropout mask and GroupNorm sizes help the
+reference too) in one process, so process-wide settings (threads, glibc's malloc keeping freed
+blocks) are shared as well: the ratio measures the loop, the precision and the memory layout.
 Ours and reference alternate, repeat by repeat, to cancel machine drift; the median is reported.
 Data: CIFAR-10 from --data-dir when present, else random images of the same shape (``--synthetic``).
 """
