@@ -220,8 +220,11 @@ def _saved_config(model: str, out: Path, config):
 
 def _from_dict(cls, values: dict):
     kwargs = {}
+    before = getattr(cls, "VALUES_BEFORE_FIELD", {})  # a file older than a field describes this value
     for f in dataclasses.fields(cls):
         if f.name not in values:
+            if f.name in before:
+                kwargs[f.name] = before[f.name]
             continue
         value = values[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None

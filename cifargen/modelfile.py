@@ -29,8 +29,7 @@ def build_model(kind: str, arch: dict) -> nn.Module:
         config = VAEConfig(**{k: v for k, v in arch.items() if k != "conditional"})
         return CVAE(config) if kind == "cvae" else VAE(config)
     if kind == "acgan":
-        # Files written before norm_group_size existed used 8 groups per layer (None).
-        return ACGAN(ACGANConfig(**{"norm_group_size": None, **arch}))
+        return ACGAN(ACGANConfig(**{**ACGANConfig.VALUES_BEFORE_FIELD, **arch}))
     if kind == "classifier":
         return Classifier(ClassifierConfig(**arch))
     raise ConfigError(f"unknown model kind {kind!r} in {CONFIG}")

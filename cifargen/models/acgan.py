@@ -8,6 +8,7 @@ trunk with a real/fake head (one logit) and an auxiliary classifier head (one lo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -36,9 +37,13 @@ class ACGANConfig:
     # (GroupNorm: no running statistics, the same in training and evaluation) or "none".
     # Test accuracy after 300 steps (README): group 0.379, batch 0.361, none 0.272.
     norm: str = "group"
-    # Channels per GroupNorm group. 16, not 4-8: the CPU's bf16 channels-last kernel is 5-8x
+    # Channels per GroupNorm group. 16, not 4-8: the CPU's bf16 channels-last kernel is about 8x
     # faster with 16 (models/layers.py). None: 8 groups per layer, the layout before it.
     norm_group_size: int | None = 16
+
+    # Fields added after model files and run configurations were first written, with the value
+    # that reproduces what such a file describes (modelfile.build_model and --resume read it).
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"norm_group_size": None}
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):

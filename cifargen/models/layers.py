@@ -38,8 +38,9 @@ class Dropout(nn.Module):
     """``nn.Dropout(p)``: zero each element with probability ``p``, scale the rest by 1 / (1 - p).
 
     On the CPU the mask comes from 16-bit random integers (see the module docstring), so the drop
-    probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25 or 0.5); elsewhere this
-    is ``F.dropout``, which is already fast on a GPU.
+    probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25 or 0.5), and the kept
+    elements are scaled by the inverse of that rounded keep rate, so the expectation stays exact;
+    elsewhere this is ``F.dropout``, which is already fast on a GPU.
     """
 
     def __init__(self, p: float = 0.5):
@@ -47,29 +48,32 @@ class Dropout(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.dropped_levels = round(p * INT16_LEVELS)  # how many of the 65536 int16 values drop
+        if self.dropped_levels == INT16_LEVELS:
+            raise ValueError(f"dropout probability {p} rounds to 1 in steps of 1/65536; use at most {1 - 1 / INT16_LEVELS}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        threshold = -INT16_LEVELS // 2 + round(self.p * INT16_LEVELS)
-        keep = random_int16_like(x) >= threshold
+        keep = random_int16_like(x) >= -INT16_LEVELS // 2 + self.dropped_levels
+        scale = INT16_LEVELS / (INT16_LEVELS - self.dropped_levels)
         # x * mask keeps x's layout and autograd saves only the mask for the backward pass.
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * keep.to(x.dtype).mul_(scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
 def group_norm(channels: int, group_size: int | None) -> nn.GroupNorm:
-    """GroupNorm over groups of ``group_size`` channels (fewer when ``channels`` is smaller).
+    """GroupNorm whose groups hold ``group_size`` channels, or the largest divisor of ``channels``
+    below it when ``group_size`` does not divide ``channels`` (one group when it exceeds them).
 
     ``group_size=None`` is the earlier layout, 8 groups per layer (``gcd(8, channels)``), kept so
     that models saved with it load unchanged.
     """
     if group_size is None:
-        groups = math.gcd(8, channels)
-    else:
-        groups = max(1, channels // math.gcd(group_size, channels))
-    return nn.GroupNorm(groups, channels)
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    size = max(d for d in range(1, min(group_size, channels) + 1) if channels % d == 0)
+    return nn.GroupNorm(channels // size, channels)
