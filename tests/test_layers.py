@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from cifargen.modelfile import load, save_model
 from cifargen.models import ACGAN, ACGANConfig
-from cifargen.models.layers import Dropout, group_norm, random_int16_like
+from cifargen.models import VAE
+from cifargen.models.layers import Dropout, Flatten, Unflatten, group_norm, random_int16_like
 
 
 def test_random_int16_is_uniform_in_every_lane_and_keeps_the_layout():
@@ -123,3 +124,72 @@ def test_model_files_from_before_group_size_load_with_eight_groups(tmp_path):
     assert [m.num_groups for m in loaded.modules() if isinstance(m, nn.GroupNorm)] == [8] * 6
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(loaded.discriminator(x), gan.discriminator(x))
+
+
+CHANNELS_LAST = torch.channels_last
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CHANNELS_LAST])
+def test_flatten_matches_nn_flatten_and_returns_the_gradient_in_the_input_layout(layout):
+    x = torch.randn(4, 6, 3, 5).contiguous(memory_format=layout).requires_grad_()
+    grads = []
+    h = x * 1  # not a leaf: a leaf's .grad takes the leaf's layout whatever autograd hands it
+    h.register_hook(grads.append)
+    weight = torch.randn(6 * 3 * 5)
+    out = Flatten()(h)
+    assert torch.equal(out, nn.Flatten()(x))  # (C, H, W) order, whatever the input layout
+    (out * weight).sum().backward()
+    assert torch.equal(grads[0], weight.view(1, 6, 3, 5).expand(4, 6, 3, 5))
+    assert grads[0].is_contiguous(memory_format=layout)
+
+
+def test_flatten_of_a_matrix_is_the_identity_shape():
+    x = torch.randn(4, 7)
+    assert torch.equal(Flatten()(x), x)
+
+
+def test_unflatten_matches_nn_unflatten_in_channels_last_layout():
+    x = torch.randn(4, 6 * 3 * 5, requires_grad=True)
+    out = Unflatten((6, 3, 5))(x)
+    assert torch.equal(out, nn.Unflatten(1, (6, 3, 5))(x))
+    assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    weight = torch.randn(4, 6, 3, 5)
+    (out * weight).sum().backward()
+    assert torch.equal(x.grad, weight.flatten(1))
+
+
+@pytest.mark.parametrize("model", [VAE(), ACGAN()])
+def test_no_activation_beside_the_flatten_seams_sees_two_layouts(model):
+    """Every elementwise op of a channels-last training step gets its 4-D operands in one layout;
+    two layouts at once send PyTorch to a strided kernel 10-30x slower (see layers.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def layout(t):
+        if t.dim() != 4 or t.shape[1] == 1 or t.shape[2] * t.shape[3] == 1:
+            return None
+        return "channels_last" if not t.is_contiguous() and t.is_contiguous(memory_format=CHANNELS_LAST) else "other"
+
+    mixed = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "relu" in str(func) or "threshold" in str(func):
+                layouts = {layout(a) for a in args if isinstance(a, torch.Tensor)} - {None}
+                if len(layouts) > 1:
+                    mixed.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = model.to(memory_format=CHANNELS_LAST).train()
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32).contiguous(memory_format=CHANNELS_LAST)
+    y = torch.randint(0, 10, (4,))
+    with Watch():
+        if isinstance(model, VAE):
+            out = model(x, y)
+            loss = out.recon.sum() + out.mu.sum()
+        else:
+            images = model.generator(torch.randn(4, model.config.latent_dim), y)
+            adv, cls = model.discriminator(torch.cat([x, images]))
+            loss = adv.sum() + cls.sum()
+        loss.backward()
+    assert mixed == []

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .layers import Dropout, group_norm
+from .layers import Dropout, Flatten, group_norm
 from .vae import Decoder, VAEConfig, leaky_relu, sample_latents
 
 
@@ -94,7 +94,7 @@ class Discriminator(nn.Module):
                        wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
                        Dropout(config.dropout)]
             c *= 2
-        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        self.trunk = nn.Sequential(*layers, Flatten())
         features = c * (config.image_size // 2 ** config.num_downsamples) ** 2
         self.adv_head = wrap(nn.Linear(features, 1))
         self.class_head = nn.Linear(features, config.num_classes)

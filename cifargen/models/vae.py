@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .layers import Flatten, Unflatten
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
             layers.append(conv_block(c, 2 * c, stride=2, activation=nn.ReLU))
             c *= 2
             layers += [conv_block(c, c, stride=1, activation=nn.ReLU) for _ in range(config.convs_per_level - 1)]
-        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.features = nn.Sequential(*layers, Flatten())
         flat = c * config.bottleneck_size ** 2
         self.class_embedding = nn.Embedding(config.num_classes, config.class_embed_dim) if config.conditional else None
         head_in = flat + (config.class_embed_dim if config.conditional else 0)
@@ -124,7 +125,7 @@ class Decoder(nn.Module):
         self.project = nn.Sequential(
             # No batch norm here: it would make the decoder blind to the scale of z, which the KL term sets.
             nn.Linear(in_features, c * s * s),
-            nn.Unflatten(1, (c, s, s)),
+            Unflatten((c, s, s)),
             activation(),
         )
         ups = []
