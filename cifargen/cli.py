@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from .configs import config_from_dict
 from .errors import CifargenError, ConfigError
 
 
@@ -215,25 +216,7 @@ def _saved_config(model: str, out: Path, config):
         raise ConfigError(f"cannot resume: {path} holds no run configuration") from None
     if saved.get("model") != model:
         raise ConfigError(f"cannot resume: {out} holds a {saved.get('model')} run, not {model}")
-    return _from_dict(type(config), saved)
-
-
-def _from_dict(cls, values: dict):
-    kwargs = {}
-    before = getattr(cls, "VALUES_BEFORE_FIELD", {})  # a file older than a field describes this value
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            if f.name in before:
-                kwargs[f.name] = before[f.name]
-            continue
-        value = values[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    return config_from_dict(type(config), saved)
 
 
 def main(argv: list[str] | None = None) -> int:

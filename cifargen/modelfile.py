@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .configs import config_from_dict
 from .errors import ConfigError
 from .runtime import atomic_write_json
 
@@ -26,12 +27,13 @@ def build_model(kind: str, arch: dict) -> nn.Module:
     from .models import ACGAN, CVAE, VAE, ACGANConfig, Classifier, ClassifierConfig, VAEConfig
 
     if kind in ("vae", "cvae"):
-        config = VAEConfig(**{k: v for k, v in arch.items() if k != "conditional"})
+        # The class, not the file, says whether the decoder is conditional.
+        config = config_from_dict(VAEConfig, {k: v for k, v in arch.items() if k != "conditional"})
         return CVAE(config) if kind == "cvae" else VAE(config)
     if kind == "acgan":
-        return ACGAN(ACGANConfig(**{**ACGANConfig.VALUES_BEFORE_FIELD, **arch}))
+        return ACGAN(config_from_dict(ACGANConfig, arch))
     if kind == "classifier":
-        return Classifier(ClassifierConfig(**arch))
+        return Classifier(config_from_dict(ClassifierConfig, arch))
     raise ConfigError(f"unknown model kind {kind!r} in {CONFIG}")
 
 

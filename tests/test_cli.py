@@ -110,11 +110,11 @@ def test_resume_refuses_flags_that_change_the_run(cifar_root, tmp_path, capsys):
 def test_resuming_a_run_saved_before_norm_group_size_keeps_its_eight_groups():
     import dataclasses
 
-    from cifargen.cli import _from_dict
+    from cifargen.configs import config_from_dict
     from cifargen.recipes.acgan import ACGANTrainConfig
 
     saved = json.loads(json.dumps(dataclasses.asdict(ACGANTrainConfig())))
     del saved["arch"]["norm_group_size"]  # a run configuration written before the field existed
-    assert _from_dict(ACGANTrainConfig, saved).arch.norm_group_size is None
+    assert config_from_dict(ACGANTrainConfig, saved).arch.norm_group_size is None
     saved["arch"]["norm_group_size"] = 16
-    assert _from_dict(ACGANTrainConfig, saved).arch.norm_group_size == 16
+    assert config_from_dict(ACGANTrainConfig, saved).arch.norm_group_size == 16
