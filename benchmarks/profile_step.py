@@ -8,7 +8,7 @@ Two timers:
   the step pays; their sum is printed beside the step's own wall time as a check. (torch.profiler's
   self-CPU times do not add up on a 2-core machine: they summed to 172 ms for a 117 ms AC-GAN
   step and gave LeakyReLU 4.6 ms for a call that takes 0.3 ms.)
-- ``profiler`` (the default on CUDA, where operators are asynchronous): torch.profiler's kernel times.
+- ``profiler`` (the default on GPUs, whose operators are asynchronous): torch.profiler's kernel times.
 
 Operators are grouped by name, input shapes, dtypes and memory layouts (L channels-last,
 N contiguous, S other strides), so a slow layout shows up as its own row.
@@ -32,6 +32,7 @@ from cifargen.training import setup_runtime
 
 CONVOLUTION_OPS = ("conv", "mkldnn_convolution", "convolution_backward", "cudnn")
 DTYPE_LETTERS = {torch.float32: "f", torch.bfloat16: "b", torch.float16: "h", torch.int64: "i", torch.bool: "?"}
+# other dtypes are written out: (262144,)int16
 
 
 def describe(t: torch.Tensor) -> str:
@@ -40,7 +41,7 @@ def describe(t: torch.Tensor) -> str:
     if t.dim() == 4:
         channels_last = t.is_contiguous(memory_format=torch.channels_last)
         layout = "N" if t.is_contiguous() else ("L" if channels_last else "S")
-    return f"{tuple(t.shape)}{DTYPE_LETTERS.get(t.dtype, '?')}{layout}"
+    return f"{tuple(t.shape)}{DTYPE_LETTERS.get(t.dtype, str(t.dtype).replace('torch.', ''))}{layout}"
 
 
 class OperatorTimer(TorchDispatchMode):
@@ -80,7 +81,8 @@ def time_operators(recipe, batches, steps: int) -> str:
         float(next(iter(out.values())))
     total = sum(timer.seconds.values())
     conv = sum(s for (name, _), s in timer.seconds.items() if is_convolution(name))
-    lines = [f"{'ms/step':>8} {'share':>6} {'calls':>5}  operator and inputs (shape, dtype f/b/i, layout L channels-last, N contiguous, S strided)"]
+    lines = [f"{'ms/step':>8} {'share':>6} {'calls':>5}  operator and inputs (shape; dtype f float32, b bfloat16, "
+             "i int64, ? bool, others by name; layout L channels-last, N contiguous, S strided)"]
     for (name, inputs), seconds in timer.seconds.most_common(30):
         lines.append(f"{seconds / steps * 1e3:8.2f} {100 * seconds / total:5.1f}% {timer.calls[name, inputs] // steps:5d}  {name} {inputs}")
     by_name = Counter()
@@ -104,7 +106,7 @@ def profile_kernels(recipe, batches, steps: int, device: torch.device) -> str:
             out = recipe.train_step(*next(batches))
         float(next(iter(out.values())))
     events = prof.key_averages()
-    sort_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort_key = "self_device_time_total" if device.type != "cpu" else "self_cpu_time_total"
     total = sum(getattr(e, sort_key) for e in events)
     conv = sum(getattr(e, sort_key) for e in events if is_convolution(e.key))
     return (events.table(sort_by=sort_key, row_limit=20)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     parser.add_argument("--timer", choices=["auto", "ops", "profiler"], default="auto",
-                        help="ops: wall clock per operator (CPU default); profiler: torch.profiler (CUDA default)")
+                        help="ops: wall clock per operator (CPU only, the default there); profiler: torch.profiler (the GPU default)")
     parser.add_argument("--out", help="also write the table to this text file")
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -136,9 +138,12 @@ def main(argv=None) -> int:
     batches = iter(BatchLoader(dataset, config.batch_size, device, shuffle=True))
     for _ in range(5):
         recipe.train_step(*next(batches))
-    timer = args.timer if args.timer != "auto" else ("profiler" if device.type == "cuda" else "ops")
-    if timer == "ops" and device.type == "cuda":
-        parser.error("--timer ops times operators by the host clock, which CUDA's asynchronous kernels make meaningless; use --timer profiler")
+    timer = args.timer if args.timer != "auto" else ("ops" if device.type == "cpu" else "profiler")
+    if timer == "ops" and device.type != "cpu":
+        parser.error(f"--timer ops times operators by the host clock, which {device.type}'s asynchronous kernels "
+                     "make meaningless; use --timer profiler")
+    if timer == "profiler" and device.type not in ("cpu", "cuda"):
+        parser.error(f"torch.profiler does not time {device.type} kernels; profile on a CPU or a CUDA GPU")
     heading = (f"{args.model}, batch {config.batch_size}, {str(dtype or torch.float32).replace('torch.', '')}, "
                f"{device}, {torch.get_num_threads()} threads, {args.steps} steps, timer {timer}")
     body = time_operators(recipe, batches, args.steps) if timer == "ops" else profile_kernels(recipe, batches, args.steps, device)

@@ -16,6 +16,11 @@ reference too) in one process, so process-wide settings (threads, glibc's malloc
 blocks) are shared as well: the ratio measures the loop, the precision and the memory layout.
 Ours and reference alternate, repeat by repeat, to cancel machine drift; the median is reported.
 Data: CIFAR-10 from --data-dir when present, else random images of the same shape (``--synthetic``).
+
+It also counts the floating-point operations of one of our steps (convolutions and matrix
+products, forward and backward, by ``torch.utils.flop_counter``) and reports the rate ours reaches,
+and its fraction of the device's peak where that is known (``--peak-tflops``, or the bf16 dense
+peak of a recognised NVIDIA GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from cifargen.recipes import default_config, model_entry
 from cifargen.training import setup_runtime
 
 MODELS = ("vae", "cvae", "acgan")
+
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s (half the "with sparsity" figures),
+# matched against torch.cuda.get_device_name in this order; None: a variant whose peak we do not list.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.5), ("H100 NVL", None), ("H100", 989.4), ("H200 NVL", None), ("H200", 989.4),
+                    ("A100", 312.0))
 
 
 class PerImageDataset(torch.utils.data.Dataset):
@@ -127,6 +137,30 @@ def time_reference(step, images: np.ndarray, labels: np.ndarray, batch_size: int
     return done / (time.perf_counter() - start)
 
 
+def step_flops(recipe, dataset: ImageDataset, batch_size: int) -> int:
+    """Floating-point operations of one training step (convolutions and matrix products, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    recipe.start_epoch(1)
+    recipe.train()
+    x, y = next(iter(BatchLoader(dataset, batch_size, recipe.device, shuffle=False)))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        recipe.train_step(x, y)
+    return counter.get_total_flops()
+
+
+def known_peak_tflops(device: torch.device, dtype) -> float | None:
+    """The bf16 dense peak of a recognised CUDA GPU, else None (CPUs' peaks are not published per core)."""
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in BF16_PEAK_TFLOPS:
+        if key in name:
+            return tflops
+    return None
+
+
 def load_images(data_dir: str | None, n: int) -> ImageDataset:
     if data_dir and has_cifar10(data_dir):
         return load_cifar10(data_dir, train=True, download=False).head(n)
@@ -135,7 +169,8 @@ def load_images(data_dir: str | None, n: int) -> ImageDataset:
                         torch.randint(0, 10, (n,), generator=generator), tuple(str(i) for i in range(10)))
 
 
-def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, precision="auto", log=print) -> dict:
+def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, precision="auto", log=print,
+              peak_tflops: float | None = None) -> dict:
     results = {}
     for name in models:
         config = default_config(name, device=device, progress=False, precision=precision)
@@ -150,17 +185,24 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, 
         for module in reference_recipe.modules.values():  # the template's default memory format
             module.to(memory_format=torch.contiguous_format)
         reference = reference_step_fn(name, reference_recipe, device_obj)
+        flops = step_flops(ours_recipe, dataset, batch)
         ours_runs, reference_runs = [], []
         for _ in range(repeats):
             ours_runs.append(time_ours(ours_recipe, dataset, batch, steps, warmup))
             reference_runs.append(time_reference(reference, hwc, labels, batch, steps, warmup))
         ours, ref = statistics.median(ours_runs), statistics.median(reference_runs)
-        results[name] = {"ours_img_s": round(ours, 1), "reference_img_s": round(ref, 1), "ratio": round(ours / ref, 2),
+        results[name] = {"ours_img_s": round(ours, 2), "reference_img_s": round(ref, 2), "ratio": round(ours / ref, 2),
                          "batch_size": batch, "precision": str(dtype or torch.float32).replace("torch.", ""),
                          "device": str(device_obj), "threads": torch.get_num_threads(), "repeats": repeats,
-                         "steps": steps}
+                         "steps": steps, "ours_gflop_per_step": round(flops / 1e9, 2),
+                         "ours_tflop_s": round(flops / batch * ours / 1e12, 4)}
+        peak = peak_tflops or known_peak_tflops(device_obj, dtype)
+        rate = f"{flops / batch * ours / 1e12:.3f} TFLOP/s"
+        if peak:
+            results[name].update(peak_tflops=peak, peak_fraction=round(flops / batch * ours / 1e12 / peak, 4))
+            rate += f", {100 * results[name]['peak_fraction']:.1f}% of {peak:g}"
         log(f"{name:6s} ours {ours:8.1f} img/s | reference {ref:8.1f} img/s | ratio {ours / ref:5.2f} "
-            f"(batch {batch}, {results[name]['precision']}, median of {repeats})")
+            f"(batch {batch}, {results[name]['precision']}, median of {repeats}; ours {flops / 1e9:.1f} GFLOP/step, {rate})")
     return results
 
 
@@ -175,6 +217,9 @@ def main(argv=None) -> int:
                         help="precision of our loop (the reference is always fp32)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     parser.add_argument("--repeats", type=int, default=None, help="alternating repeats (median reported)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak in TFLOP/s at our precision, for the fraction reached "
+                             "(default: known for recent NVIDIA GPUs in bf16, else not reported)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     steps = args.steps or (3 if args.quick else 30)
@@ -182,7 +227,7 @@ def main(argv=None) -> int:
     warmup = 1 if args.quick else 3
     started = time.perf_counter()
     results = benchmark(args.models, args.data_dir, steps, warmup, repeats, args.device,
-                        max_batch=64 if args.quick else None, precision=args.precision)
+                        max_batch=64 if args.quick else None, precision=args.precision, peak_tflops=args.peak_tflops)
     print(f"total {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")

@@ -78,6 +78,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         model = build_model(config["kind"], config["arch"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{config_path} is not a cifargen model configuration ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -48,6 +48,7 @@ def test_describe_names_the_layout():
     assert describe(x.contiguous(memory_format=torch.channels_last)) == "(2, 3, 4, 5)fL"
     assert describe(x[:, :2]) == "(2, 2, 4, 5)fS"
     assert describe(torch.zeros(3, dtype=torch.int64)) == "(3,)i"
+    assert describe(torch.zeros(3, dtype=torch.int16)) == "(3,)int16"
 
 
 def test_profile_step_reports_operators_and_the_convolution_share(tmp_path, capsys):
@@ -62,3 +63,65 @@ def test_profile_step_reports_operators_and_the_convolution_share(tmp_path, caps
 def test_profile_step_refuses_a_bad_step_count():
     with pytest.raises(SystemExit):
         profile_main(["--steps", "0"])
+
+
+def test_known_peaks_match_the_device_name(monkeypatch):
+    from throughput import known_peak_tflops
+
+    cuda = torch.device("cuda")
+    for name, peak in [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5), ("NVIDIA H100 NVL", None),
+                       ("NVIDIA H200", 989.4), ("NVIDIA H200 NVL", None), ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device, name=name: name)
+        assert known_peak_tflops(cuda, torch.bfloat16) == peak
+    assert known_peak_tflops(cuda, None) is None  # fp32: the bf16 peak would be the wrong yardstick
+    assert known_peak_tflops(torch.device("cpu"), torch.bfloat16) is None
+
+
+def forward_flops_by_hand(model: torch.nn.Module, *inputs) -> int:
+    """2 x multiply-adds of every convolution and linear layer in one forward pass, from their shapes."""
+    total = 0
+
+    def count(module, args, out):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += 2 * out.numel() * module.in_channels // module.groups * kh * kw
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            kh, kw = module.kernel_size
+            total += 2 * args[0].numel() * module.out_channels // module.groups * kh * kw
+        elif isinstance(module, torch.nn.Linear):
+            total += 2 * out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules()]
+    with torch.no_grad():
+        model(*inputs)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def test_step_flops_are_about_three_forward_passes_of_the_network():
+    from throughput import load_images, step_flops
+
+    from cifargen.recipes import default_config, model_entry
+    from cifargen.training import setup_runtime
+
+    config = default_config("vae", device="cpu", precision="fp32", progress=False)
+    device, dtype = setup_runtime(config)
+    dataset = load_images(None, 16)
+    recipe = model_entry("vae").recipe_class(config, dataset.class_names, device, dtype)
+    forward = forward_flops_by_hand(recipe.model, dataset.images[:8].float() / 255, dataset.labels[:8])
+    counted = step_flops(recipe, dataset, 8)
+    # forward + backward (twice the forward, less the first layer's input gradient) + the SSIM filters
+    assert 2.8 * forward < counted < 3.2 * forward
+
+
+def test_benchmark_reports_both_loops_their_ratio_and_the_peak_fraction():
+    from throughput import benchmark
+
+    results = benchmark(["vae"], None, steps=1, warmup=0, repeats=1, device="cpu", max_batch=4,
+                        log=lambda line: None, peak_tflops=1.0)["vae"]
+    # figures rounded to 0.01 img/s, the ratio to 0.01
+    assert results["ratio"] == pytest.approx(results["ours_img_s"] / results["reference_img_s"], abs=0.006)
+    assert results["ours_gflop_per_step"] > 0
+    assert results["peak_fraction"] == pytest.approx(results["ours_tflop_s"] / 1.0, rel=1e-2)

@@ -160,8 +160,9 @@ def test_unflatten_matches_nn_unflatten_in_channels_last_layout():
 
 @pytest.mark.parametrize("model", [VAE(), ACGAN()])
 def test_no_activation_beside_the_flatten_seams_sees_two_layouts(model):
-    """Every elementwise op of a channels-last training step gets its 4-D operands in one layout;
-    two layouts at once send PyTorch to a strided kernel 10-30x slower (see layers.py)."""
+    """The activations (ReLU, LeakyReLU, forward and backward) of a channels-last training step get
+    their 4-D operands in one layout; two layouts at once send PyTorch to a strided kernel 10-30x
+    slower (see layers.py). Fails with nn.Flatten and nn.Unflatten in place of cifargen's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     def layout(t):

@@ -43,7 +43,17 @@ class ACGANConfig:
 
     # Fields added after model files and run configurations were first written, with the value
     # that reproduces what such a file describes (modelfile.build_model and --resume read it).
-    VALUES_BEFORE_FIELD: ClassVar[dict] = {"norm_group_size": None}
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"norm_group_size": None, "norm": "none"}
+
+    @classmethod
+    def upgrade_saved(cls, values: dict) -> dict:
+        """Renamed settings in a saved configuration: ``batch_norm`` (a bool) became ``norm``."""
+        if "batch_norm" not in values:
+            return values
+        values = dict(values)
+        batch_norm = values.pop("batch_norm")
+        values.setdefault("norm", "batch" if batch_norm else "none")
+        return values
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
