@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 5's GPU figures in few, full device calls (a lent GPU machine has no network and a short lease).
+#
+#   bash benchmarks/gpu_session.sh bench DATA_SRC OUT         # throughput (full) + VAE/AC-GAN profiles, ~5 min
+#   bash benchmarks/gpu_session.sh ttq MODEL DATA_SRC OUT SECONDS [FLAGS...]
+#                                                             # the default run of MODEL, stopped after SECONDS;
+#                                                             # prints when it reached the quality target
+#
+# DATA_SRC is either a folder holding cifar-10-batches-py/ or one holding the local JPEG copy
+# (cifar10-jpeg.tar.gz, order.json, build.py), which is built into /tmp/cifar10 first: the
+# official archive (178 MB) is too large to send along, the JPEG copy (19 MB) is not.
+# Files for results/ are written into OUT.
+set -euo pipefail
+
+mode=${1:?usage: gpu_session.sh bench|ttq ...}
+shift
+
+prepare() {  # install cifargen against the machine's own torch, find or build the data
+    python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+    local src=$1
+    if [ -d "$src/cifar-10-batches-py" ]; then DATA=$src; return; fi
+    DATA=/tmp/cifar10
+    [ -d "$DATA/cifar-10-batches-py" ] || python3 "$src/build.py" --out "$DATA" >/dev/null
+}
+
+case $mode in
+bench)
+    src=${1:?DATA_SRC}; out=${2:?OUT}
+    mkdir -p "$out"
+    prepare "$src"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+    python3 benchmarks/throughput.py --data-dir "$DATA" --json "$out/throughput_gpu.json"
+    python3 benchmarks/throughput.py --quick --data-dir "$DATA" --json "$out/throughput_gpu_quick.json"
+    for model in vae acgan; do
+        python3 benchmarks/profile_step.py --model "$model" --steps 50 --out "$out/profile_${model}_gpu.txt" | tail -5
+    done
+    ;;
+ttq)
+    model=${1:?MODEL}; src=${2:?DATA_SRC}; out=${3:?OUT}; seconds=${4:?SECONDS}
+    shift 4
+    mkdir -p "$out"
+    prepare "$src"
+    # Interrupted like Ctrl-C: metrics.json holds every finished epoch with its wall time.
+    timeout --signal=INT "$seconds" cifargen train "$model" --data-dir "$DATA" --out "/tmp/run_$model" \
+        --overwrite --no-progress "$@" || true
+    cp "/tmp/run_$model/metrics.json" "$out/metrics_${model}_gpu.json"
+    python3 benchmarks/time_to_quality.py "/tmp/run_$model"
+    ;;
+*)
+    echo "unknown mode $mode: use bench or ttq" >&2
+    exit 2
+    ;;
+esac
