@@ -12,7 +12,7 @@ For each model (VAE, CVAE, AC-GAN, default architecture and batch size) it times
   2 worker processes, fp32, a default Adam, ``loss.item()`` every step, no compile.
 
 Both run the same network classes (cifargen's faster dropout mask and GroupNorm sizes help the
-reference too) in one process, so process-wide settings (threads, glibc's malloc keeping freed
+reference too; its weights and activations stay in the standard memory layout) in one process, so process-wide settings (threads, glibc's malloc keeping freed
 blocks) are shared as well: the ratio measures the loop, the precision and the memory layout.
 Ours and reference alternate, repeat by repeat, to cancel machine drift; the median is reported.
 Data: CIFAR-10 from --data-dir when present, else random images of the same shape (``--synthetic``).
@@ -37,6 +37,7 @@ import torch
 
 from cifargen.data import BatchLoader, ImageDataset, has_cifar10, load_cifar10
 from cifargen.losses import adversarial_loss, auxiliary_loss, kl_per_sample, reconstruction_terms
+from cifargen.models.layers import Unflatten
 from cifargen.recipes import default_config, model_entry
 from cifargen.training import setup_runtime
 
@@ -60,6 +61,15 @@ class PerImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         image = torch.from_numpy(self.images[i].astype(np.float32) / 255.0).permute(2, 0, 1)
         return image, int(self.labels[i])
+
+
+def in_standard_layout(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in the template's memory format, the standard (contiguous) one, activations included."""
+    module.to(memory_format=torch.contiguous_format)
+    for layer in module.modules():
+        if isinstance(layer, Unflatten):
+            layer.memory_format = torch.contiguous_format
+    return module
 
 
 def reference_step_fn(model_name: str, recipe, device):
@@ -182,8 +192,8 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, 
         entry = model_entry(name)
         ours_recipe = entry.recipe_class(config, dataset.class_names, device_obj, dtype)
         reference_recipe = entry.recipe_class(config, dataset.class_names, device_obj, None)
-        for module in reference_recipe.modules.values():  # the template's default memory format
-            module.to(memory_format=torch.contiguous_format)
+        for module in reference_recipe.modules.values():
+            in_standard_layout(module)
         reference = reference_step_fn(name, reference_recipe, device_obj)
         flops = step_flops(ours_recipe, dataset, batch)
         ours_runs, reference_runs = [], []

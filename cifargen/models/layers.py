@@ -112,10 +112,13 @@ class Flatten(nn.Flatten):
 
 
 class Unflatten(nn.Unflatten):
-    """``nn.Unflatten(1, (C, H, W))`` with a channels-last result, the layout of the convolutions after it."""
+    """``nn.Unflatten(1, (C, H, W))`` with its result in ``memory_format``: channels-last, the layout
+    of the convolutions after it (``Module.to(memory_format=...)`` does not reach this attribute: a
+    model run in the standard layout sets it to ``torch.contiguous_format``)."""
 
-    def __init__(self, shape: tuple[int, int, int]):
+    def __init__(self, shape: tuple[int, int, int], memory_format: torch.memory_format = torch.channels_last):
         super().__init__(1, shape)
+        self.memory_format = memory_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).contiguous(memory_format=torch.channels_last)
+        return super().forward(x).contiguous(memory_format=self.memory_format)

@@ -142,8 +142,7 @@ class Decoder(nn.Module):
             if y is None:
                 raise ValueError("a conditional decoder needs the class labels y")
             z = torch.cat([z, self.class_embedding(y).to(z.dtype)], dim=1)
-        h = self.upsample(self.project(z)).contiguous(memory_format=torch.channels_last)
-        out = self.to_logits(h)
+        out = self.to_logits(self.upsample(self.project(z)))  # in the layout Unflatten chose
         return out if logits else self.output_activation(out)
 
 
