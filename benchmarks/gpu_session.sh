@@ -15,8 +15,8 @@ set -euo pipefail
 mode=${1:?usage: gpu_session.sh bench|ttq ...}
 shift
 
-prepare() {  # install cifargen against the machine's own torch, find or build the data
-    python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+prepare() {  # cifargen from this checkout on the machine's own torch (no install step), then the data
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     local src=$1
     if [ -d "$src/cifar-10-batches-py" ]; then DATA=$src; return; fi
     DATA=/tmp/cifar10
@@ -40,9 +40,15 @@ ttq)
     shift 4
     mkdir -p "$out"
     prepare "$src"
-    # Interrupted like Ctrl-C: metrics.json holds every finished epoch with its wall time.
-    timeout --signal=INT "$seconds" cifargen train "$model" --data-dir "$DATA" --out "/tmp/run_$model" \
-        --overwrite --no-progress "$@" || true
+    # Interrupted like Ctrl-C (killed 120 s later if it is then busy with its final figures):
+    # metrics.json holds every finished epoch with its wall time. Any other failure stops here.
+    rc=0
+    timeout --signal=INT -k 120 "$seconds" python3 -m cifargen train "$model" --data-dir "$DATA" \
+        --out "/tmp/run_$model" --overwrite --no-progress "$@" || rc=$?
+    if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 130 ]; then
+        echo "training failed (exit $rc)" >&2
+        exit "$rc"
+    fi
     cp "/tmp/run_$model/metrics.json" "$out/metrics_${model}_gpu.json"
     python3 benchmarks/time_to_quality.py "/tmp/run_$model"
     ;;

@@ -43,6 +43,9 @@ class ACGANConfig:
 
     # Fields added after model files and run configurations were first written, with the value
     # that reproduces what such a file describes (modelfile.build_model and --resume read it).
+    # "norm": "none" describes session 1's discriminator exactly, but its weights do not load: its
+    # layer list had no placeholder where "none" now puts nn.Identity, so the indices differ, and
+    # load() stops saying so.
     VALUES_BEFORE_FIELD: ClassVar[dict] = {"norm_group_size": None, "norm": "none"}
 
     @classmethod
