@@ -194,3 +194,20 @@ def test_no_activation_beside_the_flatten_seams_sees_two_layouts(model):
             loss = adv.sum() + cls.sum()
         loss.backward()
     assert mixed == []
+
+
+def test_the_discriminator_compiles_and_its_dropout_still_drops():
+    """torch.compile once failed on the int16 view of the random words (setStorage out of bounds):
+    under compilation Dropout hands over to F.dropout."""
+    torch._dynamo.reset()
+    discriminator = ACGAN().discriminator.to(memory_format=CHANNELS_LAST).train()
+    compiled = torch.compile(discriminator, backend="aot_eager")
+    x = torch.rand(16, 3, 32, 32).contiguous(memory_format=CHANNELS_LAST)
+    with torch.autocast("cpu", torch.bfloat16):
+        adv, cls = compiled(x)
+    (adv.float().sum() + cls.float().sum()).backward()
+    assert all(p.grad is not None for p in discriminator.parameters())
+    dropout = torch.compile(Dropout(0.25), backend="aot_eager")
+    dropped = (dropout(torch.ones(64, 32, 8, 8)) == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 0.01  # 131072 draws: 9 standard errors
+    torch._dynamo.reset()

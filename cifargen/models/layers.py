@@ -36,17 +36,18 @@ def random_int16_like(x: torch.Tensor) -> torch.Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
     values = words.view(torch.int16)[:n]
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.as_strided(values, x.shape, x.stride())
+        n_, c, h, w = x.shape
+        return values.view(n_, h, w, c).permute(0, 3, 1, 2)  # channels-last strides, without as_strided
     return values.view(x.shape)
 
 
 class Dropout(nn.Module):
     """``nn.Dropout(p)``: zero each element with probability ``p``, scale the rest by 1 / (1 - p).
 
-    On the CPU the mask comes from 16-bit random integers (see the module docstring), so the drop
-    probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25 or 0.5), and the kept
-    elements are scaled by the inverse of that rounded keep rate, so the expectation stays exact;
-    elsewhere this is ``F.dropout``, which is already fast on a GPU.
+    On the CPU, in eager mode, the mask comes from 16-bit random integers (see the module
+    docstring), so the drop probability is ``p`` rounded to a multiple of 1/65536 (exact for 0.25
+    or 0.5), and the kept elements are scaled by the inverse of that rounded keep rate, so the
+    expectation stays exact; on GPUs and under ``torch.compile`` this is ``F.dropout``.
     """
 
     def __init__(self, p: float = 0.5):
@@ -61,7 +62,9 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            # GPUs draw the mask fast already, and under torch.compile the generated kernel draws
+            # it in place (besides, compiling the int16 view of the random words fails in torch 2.13).
             return F.dropout(x, self.p, training=True)
         keep = random_int16_like(x) >= -INT16_LEVELS // 2 + self.dropped_levels
         scale = INT16_LEVELS / (INT16_LEVELS - self.dropped_levels)
