@@ -26,11 +26,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from cifargen.data import BatchLoader, ImageDataset
+from cifargen.data import BatchLoader
 from cifargen.recipes import default_config, model_entry
 from cifargen.training import setup_runtime
+from throughput import load_images  # the sibling script: benchmarks/ is on sys.path when these run
 
-CONVOLUTION_OPS = ("conv", "mkldnn_convolution", "convolution_backward", "cudnn")
 DTYPE_LETTERS = {torch.float32: "f", torch.bfloat16: "b", torch.float16: "h", torch.int64: "i", torch.bool: "?"}
 # other dtypes are written out: (262144,)int16
 
@@ -64,21 +64,25 @@ class OperatorTimer(TorchDispatchMode):
 
 
 def is_convolution(name: str) -> bool:
-    return any(k in name.lower() for k in CONVOLUTION_OPS)
+    """convolution, convolution_backward, mkldnn_convolution, cudnn_convolution... (not cudnn_batch_norm)."""
+    return "conv" in name.lower()
+
+
+def run_steps(recipe, batches, steps: int) -> None:
+    """``steps`` training steps, then one host sync so that all their work is done."""
+    for _ in range(steps):
+        out = recipe.train_step(*next(batches))
+    float(next(iter(out.values())))
 
 
 def time_operators(recipe, batches, steps: int) -> str:
     """Table of the operators' wall-clock time per step, largest first, and a summary line."""
     start = time.perf_counter()
-    for _ in range(steps):
-        out = recipe.train_step(*next(batches))
-    float(next(iter(out.values())))
+    run_steps(recipe, batches, steps)
     step_ms = (time.perf_counter() - start) / steps * 1e3
     timer = OperatorTimer()
     with timer:
-        for _ in range(steps):
-            out = recipe.train_step(*next(batches))
-        float(next(iter(out.values())))
+        run_steps(recipe, batches, steps)
     total = sum(timer.seconds.values())
     conv = sum(s for (name, _), s in timer.seconds.items() if is_convolution(name))
     lines = [f"{'ms/step':>8} {'share':>6} {'calls':>5}  operator and inputs (shape; dtype f float32, b bfloat16, "
@@ -102,9 +106,7 @@ def profile_kernels(recipe, batches, steps: int, device: torch.device) -> str:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for _ in range(steps):
-            out = recipe.train_step(*next(batches))
-        float(next(iter(out.values())))
+        run_steps(recipe, batches, steps)
     events = prof.key_averages()
     sort_key = "self_device_time_total" if device.type != "cpu" else "self_cpu_time_total"
     total = sum(getattr(e, sort_key) for e in events)
@@ -129,15 +131,12 @@ def main(argv=None) -> int:
     config = default_config(args.model, device=args.device, precision=args.precision, progress=False)
     device, dtype = setup_runtime(config)
     n = config.batch_size * (2 * args.steps + 5)
-    generator = torch.Generator().manual_seed(0)
-    dataset = ImageDataset(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
-                           torch.randint(0, 10, (n,), generator=generator), tuple(str(i) for i in range(10)))
+    dataset = load_images(None, n)  # random images: the step's cost does not depend on the pixels
     recipe = model_entry(args.model).recipe_class(config, dataset.class_names, device, dtype, n // config.batch_size)
     recipe.start_epoch(1)
     recipe.train()
     batches = iter(BatchLoader(dataset, config.batch_size, device, shuffle=True))
-    for _ in range(5):
-        recipe.train_step(*next(batches))
+    run_steps(recipe, batches, 5)  # warm-up
     timer = args.timer if args.timer != "auto" else ("ops" if device.type == "cpu" else "profiler")
     if timer == "ops" and device.type != "cpu":
         parser.error(f"--timer ops times operators by the host clock, which {device.type}'s asynchronous kernels "

@@ -12,8 +12,9 @@ For each model (VAE, CVAE, AC-GAN, default architecture and batch size) it times
   2 worker processes, fp32, a default Adam, ``loss.item()`` every step, no compile.
 
 Both run the same network classes (cifargen's faster dropout mask and GroupNorm sizes help the
-reference too; its weights and activations stay in the standard memory layout) in one process, so process-wide settings (threads, glibc's malloc keeping freed
-blocks) are shared as well: the ratio measures the loop, the precision and the memory layout.
+reference too; its weights and activations stay in the standard memory layout) in one process,
+so process-wide settings (threads, glibc's malloc keeping freed blocks) are shared as well: the
+ratio measures the loop, the precision and the memory layout.
 Ours and reference alternate, repeat by repeat, to cancel machine drift; the median is reported.
 Data: CIFAR-10 from --data-dir when present, else random images of the same shape (``--synthetic``).
 
@@ -205,12 +206,12 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, 
                          "batch_size": batch, "precision": str(dtype or torch.float32).replace("torch.", ""),
                          "device": str(device_obj), "threads": torch.get_num_threads(), "repeats": repeats,
                          "steps": steps, "ours_gflop_per_step": round(flops / 1e9, 2),
-                         "ours_tflop_s": round(flops / batch * ours / 1e12, 4)}
+                         "ours_tflop_s": round(tflop_s := flops / batch * ours / 1e12, 4)}
         peak = peak_tflops or known_peak_tflops(device_obj, dtype)
-        rate = f"{flops / batch * ours / 1e12:.3f} TFLOP/s"
+        rate = f"{tflop_s:.3f} TFLOP/s"
         if peak:
-            results[name].update(peak_tflops=peak, peak_fraction=round(flops / batch * ours / 1e12 / peak, 4))
-            rate += f", {100 * results[name]['peak_fraction']:.1f}% of {peak:g}"
+            results[name].update(peak_tflops=peak, peak_fraction=round(tflop_s / peak, 4))
+            rate += f", {100 * tflop_s / peak:.1f}% of {peak:g}"
         log(f"{name:6s} ours {ours:8.1f} img/s | reference {ref:8.1f} img/s | ratio {ours / ref:5.2f} "
             f"(batch {batch}, {results[name]['precision']}, median of {repeats}; ours {flops / 1e9:.1f} GFLOP/step, {rate})")
     return results

@@ -27,15 +27,15 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"a saved {cls.__name__} must be a JSON object of settings, got {type(values).__name__}")
     if hasattr(cls, "upgrade_saved"):
         values = cls.upgrade_saved(values)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    fields = dataclasses.fields(cls)
+    unknown = sorted(set(values) - {f.name for f in fields})
     if unknown:
         raise ConfigError(f"the saved {cls.__name__} has settings this version of cifargen does not know "
                           f"({', '.join(unknown)}); it was written by another cifargen version, most likely "
                           "a newer one: upgrade cifargen to read it")
     before = getattr(cls, "VALUES_BEFORE_FIELD", {})
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         if f.name not in values:
             if f.name in before:
                 kwargs[f.name] = before[f.name]

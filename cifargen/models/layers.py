@@ -26,6 +26,11 @@ import torch.nn.functional as F
 INT16_LEVELS = 2 ** 16
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-D tensor laid out channels-last (and not also standard-contiguous)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def random_int16_like(x: torch.Tensor) -> torch.Tensor:
     """Uniform random int16 values with ``x``'s shape and memory layout (contiguous or channels-last).
 
@@ -35,7 +40,7 @@ def random_int16_like(x: torch.Tensor) -> torch.Tensor:
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
     values = words.view(torch.int16)[:n]
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(x):
         n_, c, h, w = x.shape
         return values.view(n_, h, w, c).permute(0, 3, 1, 2)  # channels-last strides, without as_strided
     return values.view(x.shape)
@@ -94,7 +99,7 @@ class _FlattenKeepingLayout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.shape = x.shape
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.channels_last = is_channels_last(x)
         return x.flatten(1)
 
     @staticmethod
