@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from cifargen.data import BatchLoader
-from cifargen.recipes import default_config, model_entry
+from cifargen.registry import default_config, model_kind
 from cifargen.training import setup_runtime
 from throughput import load_images  # the sibling script: benchmarks/ is on sys.path when these run
 
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     device, dtype = setup_runtime(config)
     n = config.batch_size * (2 * args.steps + 5)
     dataset = load_images(None, n)  # random images: the step's cost does not depend on the pixels
-    recipe = model_entry(args.model).recipe_class(config, dataset.class_names, device, dtype, n // config.batch_size)
+    recipe = model_kind(args.model).recipe_class(config, dataset.class_names, device, dtype, n // config.batch_size)
     recipe.start_epoch(1)
     recipe.train()
     batches = iter(BatchLoader(dataset, config.batch_size, device, shuffle=True))

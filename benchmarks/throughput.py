@@ -39,7 +39,7 @@ import torch
 from cifargen.data import BatchLoader, ImageDataset, has_cifar10, load_cifar10
 from cifargen.losses import adversarial_loss, auxiliary_loss, kl_per_sample, reconstruction_terms
 from cifargen.models.layers import Unflatten
-from cifargen.recipes import default_config, model_entry
+from cifargen.registry import default_config, model_kind
 from cifargen.training import setup_runtime
 
 MODELS = ("vae", "cvae", "acgan")
@@ -190,9 +190,10 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, 
         dataset = load_images(data_dir, batch * (warmup + steps + 1) * 2)
         hwc = dataset.images.permute(0, 2, 3, 1).numpy()
         labels = dataset.labels.numpy()
-        entry = model_entry(name)
-        ours_recipe = entry.recipe_class(config, dataset.class_names, device_obj, dtype)
-        reference_recipe = entry.recipe_class(config, dataset.class_names, device_obj, None)
+        recipe_class = model_kind(name).recipe_class
+        steps = len(dataset) // batch
+        ours_recipe = recipe_class(config, dataset.class_names, device_obj, dtype, steps)
+        reference_recipe = recipe_class(config, dataset.class_names, device_obj, None, steps)
         for module in reference_recipe.modules.values():
             in_standard_layout(module)
         reference = reference_step_fn(name, reference_recipe, device_obj)

@@ -6,7 +6,8 @@ from .images import denormalize, make_grid
 from .losses import kl_divergence, reconstruction_loss, ssim
 from .modelfile import load, save_model
 from .models import CVAE, VAE, VAEConfig
-from .recipes import MODELS, default_config, train
+from .api import evaluate_model, train
+from .registry import MODELS, default_config
 from .schedules import KLSchedule
 
 __version__ = "0.1.0"
@@ -15,5 +16,5 @@ __all__ = [
     "CIFAR10_CLASSES", "BatchLoader", "ImageDataset", "load_cifar10", "load_dataset", "load_image_folder",
     "CifargenError", "ConfigError", "DataError", "TrainingError", "denormalize", "make_grid",
     "kl_divergence", "reconstruction_loss", "ssim", "VAE", "CVAE", "VAEConfig", "MODELS", "default_config",
-    "train", "KLSchedule", "load", "save_model",
+    "train", "evaluate_model", "KLSchedule", "load", "save_model",
 ]

@@ -1,7 +1,8 @@
-"""Command line: a thin layer over the configuration dataclasses and :func:`cifargen.train`.
+"""Command line: a thin layer over the configuration dataclasses and the Python API.
 
-    cifargen train vae                 # 60 epochs on CIFAR-10 in ./data, outputs in visualize/vae
-    cifargen train cvae --epochs 5 --limit-train 5000
+    cifargen train vae                           # the default run, outputs in visualize/vae
+    cifargen train cvae --epochs 5 --set arch.width=16
+    cifargen train vae --config runs/vae/config.json --out runs/vae-again
     cifargen train vae --resume visualize/vae
 """
 
@@ -13,8 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from .configs import config_from_dict
+from .api import evaluate_model, train
+from .configs import config_from_dict, flatten, parse_setting, read_config_file, with_settings
+from .data import DATA_DIR_ENV, default_data_dir, load_dataset
 from .errors import CifargenError, ConfigError
+from .modelfile import load
+from .plotting import plot_confusion
+from .quality import (inception_metrics, load_reference_classifier, real_image_reference, reference_classifier_path,
+                      sample_quality)
+from .recipes.classifier import CACHE_ENV
+from .registry import GENERATORS, MODELS, default_config, model_kind
+from .runtime import resolve_device, resolve_precision
+from .sampling import write_samples
+from .training import CHECKPOINT, load_checkpoint
 
 
 def _int_in(low: int, high: int | None, what: str):
@@ -52,70 +64,90 @@ _fraction = _float_where(lambda v: 0 <= v < 1, "in [0, 1)")
 _non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
-def _defaults_text(field: str, sub: str | None = None, models=None) -> str:
-    from .recipes import GENERATORS, default_config
-
+def _defaults_text(setting: str, models=None) -> str:
+    """``default: 30 for vae/cvae; 20 for acgan`` for a dotted ``setting``, read off the dataclasses."""
     values = {}
     for name in models or GENERATORS:
-        config = default_config(name)
-        holder = getattr(config, sub) if sub else config
-        if hasattr(holder, field):
-            values.setdefault(getattr(holder, field), []).append(name)
+        holder = default_config(name)
+        for part in setting.split("."):
+            holder = getattr(holder, part, _MISSING)
+        if holder is not _MISSING:
+            values.setdefault(holder, []).append(name)
     return "default: " + "; ".join(f"{value} for {'/'.join(names)}" for value, names in values.items())
+
+
+_MISSING = object()
+SETTING = "setting:"  # argparse dest prefix of a flag that sets one configuration field
+
+
+def _setting_flag(parser, flag: str, setting: str, help: str, models=None, **kwargs) -> None:
+    """A flag that sets the configuration field ``setting`` (dotted), its default read off the dataclasses."""
+    if "action" not in kwargs and "default (" not in help:
+        help = f"{help} ({_defaults_text(setting, models)})"
+    if "action" not in kwargs and "choices" not in kwargs:
+        kwargs.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+    parser.add_argument(flag, dest=SETTING + setting, default=None, help=help, **kwargs)
 
 
 def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=None) -> None:
     """The flags ``cifargen train`` and ``cifargen classifier train`` share."""
-    from .data import DATA_DIR_ENV
-
-    parser.add_argument("--epochs", type=_positive_int, help=f"training epochs ({_defaults_text('epochs', models=models)})")
-    parser.add_argument("--batch-size", type=_positive_int,
-                        help=f"images per step and per process ({_defaults_text('batch_size', models=models)})")
-    parser.add_argument("--lr", type=_positive_float, help=f"learning rate ({_defaults_text('lr', models=models)})")
-    parser.add_argument("--width", type=_positive_int, help="channels of the first convolution, doubled at each "
-                                                            f"down-sampling ({_defaults_text('width', 'arch', models)})")
-    parser.add_argument("--data-dir", help=f"folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz (downloaded "
-                                           f"there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
-    parser.add_argument("--out", help=out_help)
-    parser.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--seed", type=_seed, help="random seed (default: 0)")
-    parser.add_argument("--limit-train", type=_positive_int, metavar="N", help="train on the first N training images only")
-    parser.add_argument("--limit-test", type=_positive_int, metavar="N", help="evaluate on the first N test images only")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"],
-                        help="bf16 autocast or fp32; auto uses bf16 on GPUs and CPUs with native bf16 (default: auto)")
-    parser.add_argument("--compile", action="store_true", default=None, help="use torch.compile on the networks")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads (default: the physical cores)")
+    _setting_flag(parser, "--epochs", "epochs", "training epochs", models, type=_positive_int)
+    _setting_flag(parser, "--batch-size", "batch_size", "images per step and per process", models, type=_positive_int)
+    _setting_flag(parser, "--lr", "lr", "learning rate", models, type=_positive_float)
+    _setting_flag(parser, "--width", "arch.width", "channels of the first convolution, doubled at each down-sampling",
+                  models, type=_positive_int)
+    _setting_flag(parser, "--data-dir", "data_dir", "folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
+                  f"(downloaded there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
+    _setting_flag(parser, "--out", "out", out_help + " (default: as above)")
+    _setting_flag(parser, "--device", "device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    _setting_flag(parser, "--seed", "seed", "random seed (default: 0)", type=_seed)
+    _setting_flag(parser, "--limit-train", "limit_train", "train on the first N training images only (default: all)",
+                  type=_positive_int, metavar="N")
+    _setting_flag(parser, "--limit-test", "limit_test", "evaluate on the first N test images only (default: all)",
+                  type=_positive_int, metavar="N")
+    _setting_flag(parser, "--precision", "precision", "bf16 autocast or fp32; auto uses bf16 on GPUs and CPUs with "
+                  "native bf16 (default: auto)", choices=["auto", "bf16", "fp32"])
+    _setting_flag(parser, "--compile", "compile", "use torch.compile on the networks", action="store_const", const=True)
+    _setting_flag(parser, "--threads", "threads", "CPU threads (default: the physical cores)", type=_positive_int)
+    _setting_flag(parser, "--overwrite", "overwrite", "replace a run already in --out (its files are removed once the "
+                  "new run has loaded its data and built its model)", action="store_const", const=True)
+    _setting_flag(parser, "--no-progress", "progress", "hide the progress bars", action="store_const", const=False)
     parser.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                        help="continue the run in --out (or in RUN_DIR) from its last complete epoch")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace a run already in --out")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide the progress bars")
+                        help="continue the run in --out (or in RUN_DIR) from where it stopped")
+    parser.add_argument("--config", metavar="FILE",
+                        help="start from the settings in FILE: a run's config.json or metrics.json, or a TOML file "
+                             "(flags and --set override it)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any configuration field, dotted for nested ones: --set arch.width=64 "
+                             "--set kl.ramp_from=0.5 (repeatable; applied last)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .recipes import GENERATORS
-    from .recipes.classifier import CACHE_ENV
-
-    parser = argparse.ArgumentParser(prog="cifargen", description="Train VAE, CVAE and AC-GAN models on CIFAR-10.")
+    """The ``cifargen`` argument parser."""
+    parser = argparse.ArgumentParser(prog="cifargen", description="Train, evaluate and sample VAE, CVAE and "
+                                                                   "AC-GAN models on CIFAR-10 or your own images.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train = commands.add_parser(
         "train", help="train a model",
-        description="Train a model on CIFAR-10 (or an image folder) and write figures, checkpoints and "
-                    "metrics.json into the run folder. Flags left out take the model's defaults, which "
-                    "reproduce README's results.")
-    train.add_argument("model", choices=list(GENERATORS), help="which model to train")
+        description="Train a model and write figures, checkpoints and metrics.json into the run folder. "
+                    "Settings left out take the model's defaults, which reproduce the headline results; "
+                    "every setting can be given with --set KEY=VALUE or in a --config file.")
+    train.add_argument("model", choices=list(GENERATORS),
+                       help="; ".join(f"{name}: {MODELS[name].summary}" for name in GENERATORS))
     _add_training_flags(train, out_help="run folder for figures, checkpoints and metrics.json "
-                                         "(default: visualize/<model>, visualize/gan for acgan)")
-    train.add_argument("--latent-dim", type=_positive_int, help=f"latent size ({_defaults_text('latent_dim', 'arch')})")
-    train.add_argument("--kl-shape", choices=["geometric", "linear"], help="VAE/CVAE: how lambda rises from 1e-4 to 1 (default: geometric)")
-    train.add_argument("--kl-ramp-from", type=_fraction, metavar="FRACTION",
-                       help="VAE/CVAE: fraction of the run after which lambda leaves 1e-4 and rises to 1 at the last "
-                            "epoch (default: 0.667; 0 ramps right after the KL-free first epoch)")
-    train.add_argument("--d-lr", type=_positive_float, metavar="LR",
-                       help="AC-GAN: the discriminator's learning rate (default: --lr)")
-    train.add_argument("--mode-seeking", type=_non_negative_float, metavar="WEIGHT",
-                       help="AC-GAN: weight of the mode-seeking term against within-class collapse (default: 0.3; 0 turns it off)")
-    train.add_argument("--no-quality", dest="quality", action="store_false", default=None,
-                       help="skip the sample-quality figures at the end (computed when a reference classifier exists)")
+                                        f"(default: {', '.join(str(MODELS[n].out_dir()) for n in GENERATORS)})")
+    _setting_flag(train, "--latent-dim", "arch.latent_dim", "latent size", type=_positive_int)
+    _setting_flag(train, "--kl-shape", "kl.shape", "VAE/CVAE: how lambda rises from 1e-4 to 1 (default: geometric)",
+                  choices=["geometric", "linear"])
+    _setting_flag(train, "--kl-ramp-from", "kl.ramp_from", "VAE/CVAE: fraction of the run after which lambda leaves "
+                  "1e-4 and rises to 1 at the last epoch (default: 0.667; 0 ramps right after the KL-free first epoch)",
+                  type=_fraction, metavar="FRACTION")
+    _setting_flag(train, "--d-lr", "d_lr", "AC-GAN: the discriminator's learning rate (default: --lr)",
+                  type=_positive_float, metavar="LR")
+    _setting_flag(train, "--mode-seeking", "mode_seeking", "AC-GAN: weight of the mode-seeking term against "
+                  "within-class collapse (default: 0.3; 0 turns it off)", type=_non_negative_float, metavar="WEIGHT")
+    _setting_flag(train, "--no-quality", "quality", "skip the sample-quality figures at the end (computed when a "
+                  "reference classifier exists)", action="store_const", const=False)
 
     classifier = commands.add_parser("classifier", help="the reference classifier for sample-quality figures",
                                      description="Train the CIFAR-10 classifier whose features and predictions "
@@ -132,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Recompute the headline test figures of a trained model "
                                                "(a run folder or a model.safetensors file) and print them.")
     evaluate.add_argument("run", help="run folder (holding model.safetensors and config.json) or model file")
-    evaluate.add_argument("--data-dir", help="CIFAR-10 root (default: the one the model was trained with)")
+    evaluate.add_argument("--data-dir", help="data folder (default: the one the model was trained with)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     evaluate.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                           help="default: the precision the model was trained and evaluated with")
@@ -163,56 +195,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_RESUMABLE_CHANGES = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality"}
-_ACGAN_ONLY = ("d_lr", "mode_seeking")
-_TOP_LEVEL = _ACGAN_ONLY + ("epochs", "batch_size", "lr", "data_dir", "out", "device", "seed", "limit_train", "limit_test",
-              "precision", "compile", "threads", "overwrite", "progress", "quality")
+# Settings that say where and how a run goes on, not what it trains: a resumed run may change them.
+RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume"}
 
 
 def config_from_args(args: argparse.Namespace):
-    """The training configuration that ``cifargen train`` (or ``classifier train``) flags describe."""
-    from .recipes import default_config, model_entry
-
-    overrides = {name: getattr(args, name) for name in _TOP_LEVEL if getattr(args, name, None) is not None}
-    kl = {k: v for k, v in (("shape", getattr(args, "kl_shape", None)),
-                            ("ramp_from", getattr(args, "kl_ramp_from", None))) if v is not None}
+    """The training configuration that ``cifargen train`` (or ``classifier train``) arguments describe:
+    the model's defaults (or, resuming, the run's own settings), then ``--config``, flags and ``--set``."""
+    kind = model_kind(args.model)
+    flags = {dest[len(SETTING):]: value for dest, value in vars(args).items()
+             if dest.startswith(SETTING) and value is not None}
+    for setting in flags:
+        group = setting.split(".")[0]
+        if not hasattr(kind.default_config(), group):
+            owners = "/".join(n for n in GENERATORS if hasattr(default_config(n), group))
+            raise ConfigError(f"--{setting.split('.')[-1].replace('_', '-')} applies to {owners}, not {args.model}")
     if isinstance(args.resume, str):
-        overrides["out"] = args.resume
+        flags["out"] = args.resume
     resume = args.resume is not None
-    config = default_config(args.model)
-    for name in _ACGAN_ONLY:
-        if name in overrides and not hasattr(config, name):
-            raise ConfigError(f"--{name.replace('_', '-')} applies to acgan, not {args.model}")
-    arch = {k: v for k, v in (("latent_dim", getattr(args, "latent_dim", None)), ("width", args.width)) if v is not None}
+    base = kind.default_config()
     if resume:
-        config = _saved_config(args.model, Path(overrides["out"]) if overrides.get("out") else model_entry(args.model).out_dir(), config)
-        # A resumed run must be the run that was started: only where and how it runs may change.
-        changed = sorted(set(overrides) - _RESUMABLE_CHANGES) + sorted(arch) + ["kl_" + k for k in kl]
-        changed = [name for name in changed if name in arch or name.startswith("kl_") or overrides[name] != getattr(config, name)]
+        base = _saved_config(args.model, Path(flags.get("out") or kind.out_dir()), base)
+    if args.config:
+        file_settings = read_config_file(args.config)
+        if file_settings.get("model", args.model) != args.model:
+            raise ConfigError(f"--config {args.config} configures {file_settings['model']}, not {args.model}; "
+                              f"train {file_settings['model']} or use another file")
+        base = with_settings(base, flatten(file_settings), source=f"--config {args.config}:")
+    config = with_settings(base, flags, source="flag")
+    config = with_settings(config, dict(parse_setting(text) for text in args.settings))
+    config = dataclasses.replace(config, resume=resume)
+    if resume:
+        saved, now = flatten(dataclasses.asdict(base)), flatten(dataclasses.asdict(config))
+        changed = sorted(k for k in now if k.split(".")[0] not in RESUMABLE_SETTINGS and now[k] != saved.get(k))
         if changed:
-            flags = ", ".join("--" + name.replace("_", "-") for name in changed)
-            raise ConfigError(f"{flags} cannot change when resuming; resume with the run's own settings, "
-                              "or start a new run with --overwrite or another --out")
-    config = dataclasses.replace(config, **overrides, resume=resume)
-    if arch:
-        config.arch = dataclasses.replace(config.arch, **arch)
-    if kl:
-        if not hasattr(config, "kl"):
-            raise ConfigError(f"--kl-shape and --kl-ramp-from apply to vae and cvae, not {args.model}")
-        config.kl = dataclasses.replace(config.kl, **kl)
+            raise ConfigError(f"{', '.join(changed)} cannot change when resuming; resume with the run's own "
+                              "settings, or start a new run with --overwrite or another --out")
     return config
 
 
 def _saved_config(model: str, out: Path, config):
     """The configuration a run was started with, read from its checkpoint, for --resume."""
-    from .training import CHECKPOINT, load_checkpoint
-
     path = out / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"cannot resume: {path} does not exist; is {out} a cifargen run folder?")
     try:
         saved = load_checkpoint(path, "cpu")["config"]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(f"cannot resume: {path} holds no run configuration") from None
     if saved.get("model") != model:
         raise ConfigError(f"cannot resume: {out} holds a {saved.get('model')} run, not {model}")
@@ -220,12 +249,11 @@ def _saved_config(model: str, out: Path, config):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``cifargen`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in ("train", "classifier"):
-            from .recipes import train
-
             if args.command == "classifier":
                 args.model = "classifier"
             metrics = train(config_from_args(args))
@@ -246,14 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_eval(args: argparse.Namespace) -> dict:
     """``cifargen eval``: load the model, evaluate it on the test set, print a table or JSON."""
-    from .data import default_data_dir, load_dataset
-    from .evaluation import evaluate_model
-    from .modelfile import load
-    from .plotting import plot_confusion
-    from .runtime import resolve_device, resolve_precision
-
     device = resolve_device(args.device)
     model = load(args.run, device)
+    kind = model_kind(model.kind)
     training = model.model_config.get("training", {})
     trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")
     precision = args.precision or ("bf16" if trained_precision == "bfloat16" else "fp32")
@@ -261,18 +284,18 @@ def run_eval(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
     test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
     figures = evaluate_model(model, test_set, device, dtype)
-    if model.kind == "classifier" and args.quality:
-        from .quality import real_image_reference
-
+    if not kind.generative and args.quality:
         train_set = load_dataset(data_dir, train=True)
         reference = real_image_reference(model, train_set, test_set, device, dtype, n=args.quality_samples)
         figures.update({f"real_{k}": v for k, v in reference.items()})
     elif args.quality:
         figures.update(_quality_figures(args, model, test_set, device, dtype))
-    if model.kind == "acgan" and args.confusion:
+    if args.confusion:
+        if "confusion" not in figures:
+            raise ConfigError(f"--confusion: a {model.kind} model has no class predictions to plot; it is for acgan runs")
         try:
             plot_confusion(figures["confusion"], test_set.class_names, args.confusion,
-                           f"AC-GAN auxiliary classifier on {len(test_set)} test images")
+                           f"{model.kind} auxiliary classifier on {len(test_set)} test images")
         except OSError as exc:
             raise ConfigError(f"cannot write --confusion {args.confusion} ({exc.strerror or exc})") from None
     result = {"model": model.kind, "test_images": len(test_set), "precision": precision, "device": str(device),
@@ -291,8 +314,6 @@ def run_eval(args: argparse.Namespace) -> dict:
 
 def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -> dict:
     """Sample-quality figures for ``cifargen eval``; each missing piece is one line on stderr, never an error."""
-    from .quality import inception_metrics, load_reference_classifier, reference_classifier_path, sample_quality
-
     def note(line: str) -> None:
         print(line, file=sys.stderr)
 
@@ -313,14 +334,11 @@ def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -
 
 def run_sample(args: argparse.Namespace) -> None:
     """``cifargen sample``: write sample grids from a trained model."""
-    from .modelfile import load
-    from .runtime import resolve_device
-    from .sampling import write_samples
-
     device = resolve_device(args.device)
     model = load(args.run, device)
-    if model.kind == "classifier":
-        raise ConfigError(f"{args.run} is the reference classifier, which does not generate images; pass a vae, cvae or acgan run")
+    if not model_kind(model.kind).generative:
+        raise ConfigError(f"{args.run} holds a {model.kind}, which does not generate images; "
+                          f"pass a {'/'.join(GENERATORS)} run")
     try:
         paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device)
     except OSError as exc:

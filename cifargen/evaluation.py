@@ -83,17 +83,14 @@ def evaluate_acgan(discriminator, dataset: ImageDataset, device, autocast_dtype=
     return {"accuracy": _accuracy(*classifier_predictions(discriminator, dataset, device, autocast_dtype))}
 
 
-def evaluate_model(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
-    """The headline test figures of a loaded model (see :func:`cifargen.load`).
+def evaluate_classifier(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
+    """Test accuracy of the reference classifier (a loaded model)."""
+    return {"accuracy": classifier_accuracy(model, dataset, device, autocast_dtype)}
 
-    VAE/CVAE: mean per-sample ``rec`` and its parts and ``kl``. AC-GAN: ``accuracy``,
-    ``per_class_accuracy`` and ``confusion`` (rows: true class, columns: predicted).
-    Reference classifier: ``accuracy``.
-    """
-    if model.kind in ("vae", "cvae"):
-        return evaluate_vae(model, dataset, device, autocast_dtype)
-    if model.kind == "classifier":
-        return {"accuracy": classifier_accuracy(model, dataset, device, autocast_dtype)}
+
+def evaluate_discriminator(model, dataset: ImageDataset, device, autocast_dtype=None) -> dict:
+    """A loaded AC-GAN's auxiliary classifier: ``accuracy``, ``per_class_accuracy`` and
+    ``confusion`` (rows: true class, columns: predicted)."""
     predicted, true = classifier_predictions(model.discriminator, dataset, device, autocast_dtype)
     classes = len(dataset.class_names)
     confusion = torch.bincount(true * classes + predicted, minlength=classes * classes).view(classes, classes)

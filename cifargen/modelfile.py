@@ -12,9 +12,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from .configs import config_from_dict
+from . import registry
 from .errors import ConfigError
+from .priors import load_prior, save_prior
 from .runtime import atomic_write_json
 
 WEIGHTS = "model.safetensors"
@@ -23,34 +26,37 @@ FORMAT_VERSION = 1
 
 
 def build_model(kind: str, arch: dict) -> nn.Module:
-    """A fresh network of ``kind`` (vae, cvae, acgan, classifier) with architecture arguments ``arch``."""
-    from .models import ACGAN, CVAE, VAE, ACGANConfig, Classifier, ClassifierConfig, VAEConfig
-
-    if kind in ("vae", "cvae"):
-        # The class, not the file, says whether the decoder is conditional.
-        config = config_from_dict(VAEConfig, {k: v for k, v in arch.items() if k != "conditional"})
-        return CVAE(config) if kind == "cvae" else VAE(config)
-    if kind == "acgan":
-        return ACGAN(config_from_dict(ACGANConfig, arch))
-    if kind == "classifier":
-        return Classifier(config_from_dict(ClassifierConfig, arch))
-    raise ConfigError(f"unknown model kind {kind!r} in {CONFIG}")
+    """A fresh network of ``kind`` (a name in :data:`cifargen.registry.MODELS`) from saved architecture settings."""
+    try:
+        return registry.model_kind(kind).build(arch)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {CONFIG})") from None
 
 
 def save_model(model: nn.Module, folder: str | os.PathLike, class_names, training: dict | None = None,
                metrics: dict | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``folder``; returns the weights path."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"kind": model.kind})
     os.replace(tmp, folder / WEIGHTS)
-    atomic_write_json({"format_version": FORMAT_VERSION, "kind": model.kind, "arch": model.config.to_dict(),
-                       "class_names": list(class_names), "training": training or {}, "metrics": metrics or {}},
-                      folder / CONFIG)
+    config = {"format_version": FORMAT_VERSION, "kind": model.kind, "arch": model.config.to_dict(),
+              "class_names": list(class_names), "training": training or {}, "metrics": metrics or {}}
+    if getattr(model, "fitted_prior", None) is not None:
+        config["prior"] = save_prior(model.fitted_prior, folder)
+    atomic_write_json(config, folder / CONFIG)
     return folder / WEIGHTS
+
+
+def save_fitted_prior(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Add (or replace) ``model.fitted_prior`` in the model file in ``folder``, leaving the weights as they are."""
+    folder = Path(folder)
+    _, config_path = _model_paths(folder)
+    config = json.loads(config_path.read_text())
+    config["prior"] = save_prior(model.fitted_prior, folder)
+    atomic_write_json(config, config_path)
 
 
 def _model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -69,9 +75,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
 
     The returned module has ``class_names`` and ``model_config`` (the parsed config.json) set.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, config_path = _model_paths(path)
     try:
         config = json.loads(config_path.read_text())
@@ -89,6 +92,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     except RuntimeError as exc:
         raise ConfigError(f"{weights} does not match the architecture in {config_path}: {str(exc)[:300]}") from None
     model.to(device).eval()
+    if "prior" in config:
+        model.fitted_prior = load_prior(weights.parent, config["prior"])
     model.class_names = tuple(config.get("class_names", ()))
     model.model_config = config
     return model

@@ -51,15 +51,22 @@ def save_image_rows(rows: Sequence[np.ndarray], path: str | os.PathLike, titles:
 
 
 def save_labelled_grid(images: np.ndarray, path: str | os.PathLike, labels: Sequence[str] | None = None,
-                       ncols: int = 10, title: str | None = None) -> None:
-    """Save uint8 images (N, H, W, C) in a grid, each titled with its label if given."""
+                       ncols: int = 10, title: str | None = None, row_labels: Sequence[str] | None = None) -> None:
+    """Save uint8 images (N, H, W, C) in a grid, each titled with its label if given and each row
+    named by ``row_labels`` if given."""
     rows = [images[i:i + ncols] for i in range(0, len(images), ncols)]
     plt = _pyplot()
     nrows = len(rows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.2 * ncols, 1.35 * nrows + (0.4 if title else 0)), squeeze=False)
+    width = 1.2 * ncols + (0.6 if row_labels else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 1.35 * nrows + (0.4 if title else 0)), squeeze=False)
     for i in range(nrows * ncols):
         ax = axes[i // ncols][i % ncols]
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
+            ax.set_ylabel(row_labels[i // ncols], fontsize=8)
         if i < len(images):
             ax.imshow(images[i], interpolation="nearest")
             if labels is not None:

@@ -26,8 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import linalg
+from scipy.spatial.distance import pdist
 
 from .data import BatchLoader, ImageDataset
+from .modelfile import WEIGHTS, load
+from .recipes.classifier import default_classifier_dir
 from .runtime import autocast
 
 QUALITY_SAMPLES = 10_000
@@ -36,15 +40,11 @@ TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 def reference_classifier_path(path: str | os.PathLike | None = None) -> Path:
     """The reference classifier's folder: ``path`` or the default cache folder."""
-    from .recipes.classifier import default_classifier_dir
-
     return Path(path) if path else default_classifier_dir()
 
 
 def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu"):
     """The trained reference classifier, or None when ``cifargen classifier train`` has not been run."""
-    from .modelfile import WEIGHTS, load
-
     folder = reference_classifier_path(path)
     if not (folder / WEIGHTS).is_file():
         return None
@@ -66,8 +66,6 @@ def classifier_outputs(classifier, batches, autocast_dtype=None) -> tuple[np.nda
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to two feature sets."""
-    from scipy import linalg
-
     mu_a, mu_b = features_a.mean(0), features_b.mean(0)
     cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
     with warnings.catch_warnings():  # a singular product is handled below, not worth a warning
@@ -96,8 +94,6 @@ def class_consistency(probs: np.ndarray, labels: np.ndarray) -> float:
 def within_class_spread(features: np.ndarray, labels: np.ndarray, per_class: int = 200) -> float:
     """Mean over classes of the mean Euclidean distance between two feature vectors of that class
     (the first ``per_class`` of each class)."""
-    from scipy.spatial.distance import pdist
-
     labels = np.asarray(labels)
     spreads = [pdist(features[labels == c][:per_class]).mean() for c in np.unique(labels)
                if (labels == c).sum() >= 2]
@@ -105,21 +101,17 @@ def within_class_spread(features: np.ndarray, labels: np.ndarray, per_class: int
 
 
 def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
-    """Yield ``(images, classes or None)`` for ``n`` samples of z ~ N(0, I) from a generator.
+    """Yield ``(images, classes or None)`` for ``n`` samples of a generator, ``batch_size`` at a time.
 
     Conditional models get balanced classes (``i % classes`` for sample i), so every class
     counts equally in the class consistency.
     """
     generator = torch.Generator().manual_seed(seed)
-    classes = getattr(model.config, "num_classes", 10)
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        if model.kind in ("cvae", "acgan"):
-            y = torch.arange(start, start + count) % classes
-            images, y = model.generate(count, y.to(device), generator=generator)
-            yield images.float(), y
-        else:
-            yield model.generate(count, generator=generator).float(), None
+        y = (torch.arange(start, start + count) % model.config.num_classes).to(device) if model.conditional else None
+        images, labels = model.generate(count, y, generator=generator)
+        yield images.float(), labels
 
 
 def _real_images(dataset: ImageDataset, device):

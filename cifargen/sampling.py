@@ -13,20 +13,14 @@ UPSCALE = 4  # nearest-neighbour, so that a 32x32 sample is visible
 
 def _decode(model, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     with torch.inference_mode():
-        if model.kind == "acgan":
-            return model.generator(z, y)
-        return model.decode(z, y if model.kind == "cvae" else None)
-
-
-def conditional(model) -> bool:
-    return model.kind in ("cvae", "acgan")
+        return model.decode(z, y)
 
 
 def sample_grid(model, n: int, seed: int, device) -> tuple[torch.Tensor, int]:
     """``n`` samples (one row per class for conditional models, ``n // classes`` per row)."""
     generator = torch.Generator().manual_seed(seed)
     latent = model.config.latent_dim
-    if conditional(model):
+    if model.conditional:
         classes = model.config.num_classes
         per_class = max(1, n // classes)
         z = torch.randn(classes * per_class, latent, generator=generator).to(device)
@@ -43,7 +37,7 @@ def interpolation(model, seed: int, steps: int, device) -> tuple[torch.Tensor, i
     z1 = torch.randn(1, latent, generator=torch.Generator().manual_seed(seed + 1))
     t = torch.linspace(0, 1, steps).view(-1, 1)
     path = (1 - t) * z0 + t * z1
-    if conditional(model):
+    if model.conditional:
         classes = model.config.num_classes
         z = path.repeat(classes, 1).to(device)
         y = torch.arange(classes).repeat_interleave(steps).to(device)

@@ -1,9 +1,10 @@
 """The one training loop, shared by every model.
 
-A model brings a :class:`Recipe`: its networks, optimizers, one ``train_step`` and an
-``evaluate``. The loop owns everything else: data on the device, the epoch permutation,
-device-side accumulation of the step outputs (read back once per epoch), the non-finite check,
-per-epoch evaluation, atomic checkpoints, resuming, figures between epochs and ``metrics.json``.
+A model brings a :class:`~cifargen.recipes.base.Recipe`: its networks, optimizers, one
+``train_step`` and an ``evaluate``. The :class:`Trainer` owns everything else: data on the
+device, the epoch permutation, device-side accumulation of the step outputs (read back once per
+epoch), the non-finite check, per-epoch evaluation, atomic checkpoints, resuming, figures
+between epochs and ``metrics.json``. Its ``fit`` reads as the list of those steps.
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import platform
+import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn as nn
+from tqdm.auto import tqdm
 
-from .data import BatchLoader, ImageDataset, default_data_dir
+from .data import BatchLoader, ImageDataset
 from .errors import ConfigError, TrainingError
+from .modelfile import CONFIG, WEIGHTS, save_model
+from .priors import PRIOR_WEIGHTS
+from .recipes.base import Recipe, TrainConfig
 from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
                       keep_freed_memory_for_reuse, physical_cores, resolve_device, resolve_precision, rng_state,
                       seed_everything, set_rng_state)
@@ -30,151 +36,63 @@ from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distrib
 CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.json"
+LAST_MODEL = "last"  # the final epoch's model file, beside the best one
+# What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
+LOOP_FILES = (re.escape(METRICS), re.escape(CHECKPOINT), re.escape(BEST_CHECKPOINT), re.escape(WEIGHTS),
+              re.escape(CONFIG))
 
 
 @dataclass
-class TrainConfig:
-    """Settings every model shares. Model recipes extend it with their own fields and defaults."""
+class RunState:
+    """What the loop carries from epoch to epoch; ``last.pt`` holds it beside the recipe's state."""
 
-    model: str = "vae"
-    epochs: int = 60
-    batch_size: int = 256          # per process: under torchrun the global batch is this times the world size
-    lr: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str = field(default_factory=default_data_dir)
-    out: str | None = None         # run folder; defaults to visualize/<model>
-    limit_train: int | None = None
-    limit_test: int | None = None
-    precision: str = "auto"        # auto: bf16 autocast where the hardware has it, else fp32
-    compile: bool = False
-    threads: int | None = None     # CPU threads; default: the physical cores
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    quality: bool = True           # generators: sample-quality figures in metrics.json when a reference classifier exists
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int | None = None      # 0-based
+    next_epoch: int = 0                # 0-based
+    wall_before: float = 0.0           # seconds trained before this process started (resumed runs)
+    partial: dict | None = None        # the interrupted epoch's progress, when resuming after Ctrl-C
 
-    def validate(self) -> None:
-        if self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
-        if self.batch_size <= 0:
-            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        for name in ("limit_train", "limit_test", "threads"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not 0 <= self.seed < 2 ** 63:
-            raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+    def checkpoint(self, recipe: Recipe, loader: BatchLoader, wall: float, partial: dict | None = None) -> dict:
+        """The content of ``last.pt`` after the epoch before ``next_epoch`` (and ``partial`` steps)."""
+        return {"recipe": recipe.state_dict(), "epoch": self.next_epoch - 1, "history": self.history,
+                "best_value": self.best_value, "best_epoch": self.best_epoch, "rng": rng_state(),
+                "data_generator": loader.generator.get_state(), "wall_time_s": wall, "partial": partial,
+                "config": recipe.config.to_dict()}
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @classmethod
+    def restore(cls, path: Path, recipe: Recipe, loader: BatchLoader) -> "RunState":
+        """Load ``last.pt`` into ``recipe``, ``loader`` and the RNGs; returns the run state."""
+        saved = load_checkpoint(path, recipe.device)
+        try:
+            recipe.load_state_dict(saved["recipe"])
+            loader.generator.set_state(saved["data_generator"])
+            set_rng_state(saved["rng"])
+            return cls(saved["history"], saved["best_value"], saved["best_epoch"], saved["epoch"] + 1,
+                       saved["wall_time_s"], saved.get("partial"))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{path} does not fit this configuration ({str(exc).splitlines()[0][:200]}); "
+                              "resume with the settings the run was started with") from None
 
 
-class Recipe:
-    """What a model brings to the loop. Subclasses set ``best_metric``/``best_mode`` and implement
-    ``train_step`` and ``evaluate``; the rest has sensible defaults."""
+@dataclass
+class EpochSums:
+    """Device-side sums of a training epoch's step outputs: read back once, at the epoch's end."""
 
-    best_metric: str = "loss"
-    best_mode: str = "min"  # or "max"
+    names: list[str] | None = None
+    sums: torch.Tensor | None = None
+    count: int = 0
+    first_bad_step: torch.Tensor | None = None   # -1 while every step's outputs are finite
 
-    def __init__(self, config: TrainConfig, class_names: tuple[str, ...], device: torch.device,
-                 autocast_dtype: torch.dtype | None, steps_per_epoch: int | None = None):
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch  # per process; for schedules that run per step
-        self.class_names = class_names
-        self.device = device
-        self.autocast_dtype = autocast_dtype
-        self.modules: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, Any] = {}       # stepped after every epoch
-        self.step_schedulers: dict[str, Any] = {}  # stepped after every training step (warm-ups)
-
-    def wrap(self, module: nn.Module, broadcast_buffers: bool = True) -> nn.Module:
-        """The module the step should call: DDP-wrapped under torchrun, compiled with ``--compile``.
-
-        Checkpoints and evaluation use the plain module, which shares its parameters.
-        """
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            module = DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=broadcast_buffers)
-        return torch.compile(module) if self.config.compile else module
-
-    # --- called by the loop -------------------------------------------------------------
-    def start_epoch(self, epoch: int) -> dict[str, float]:
-        """Prepare epoch ``epoch`` (0-based); return values to log for it (lr, KL weight...)."""
-        return {}
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns batch means as detached device tensors (never ``.item()``)."""
-        raise NotImplementedError
-
-    def after_step(self) -> None:
-        for scheduler in self.step_schedulers.values():
-            scheduler.step()
-
-    def end_epoch(self, epoch: int) -> None:
-        for scheduler in self.schedulers.values():
-            scheduler.step()
-
-    def evaluate(self, test_set: ImageDataset) -> dict[str, float]:
-        raise NotImplementedError
-
-    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path) -> None:
-        """Figures after epoch ``epoch`` (0-based); runs between epochs, never per step."""
-
-    def final_outputs(self, metrics: dict, test_set: ImageDataset, out_dir: Path) -> dict:
-        """Figures and extra figures after training, with the best weights loaded."""
-        return {}
-
-    def export_model(self) -> nn.Module:
-        """The trained network to write as ``model.safetensors`` (it has ``kind`` and ``config``)."""
-        raise NotImplementedError
-
-    # --- state --------------------------------------------------------------------------
-    def model_state(self) -> dict:
-        return {name: module.state_dict() for name, module in self.modules.items()}
-
-    def load_model_state(self, state: dict) -> None:
-        for name, module in self.modules.items():
-            module.load_state_dict(state[name])
-
-    def state_dict(self) -> dict:
-        return {
-            "models": self.model_state(),
-            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
-            "step_schedulers": {k: v.state_dict() for k, v in self.step_schedulers.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.load_model_state(state["models"])
-        for k, v in self.optimizers.items():
-            v.load_state_dict(state["optimizers"][k])
-        for k, v in self.schedulers.items():
-            v.load_state_dict(state["schedulers"][k])
-        for k, v in self.step_schedulers.items():
-            v.load_state_dict(state["step_schedulers"][k])
-
-    def train(self) -> None:
-        for module in self.modules.values():
-            module.train()
-
-    def eval(self) -> None:
-        for module in self.modules.values():
-            module.eval()
-
-    def is_better(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value < best if self.best_mode == "min" else value > best
+    def add(self, step: int, out: dict[str, torch.Tensor], batch: int) -> None:
+        values = torch.stack([v.float() for v in out.values()])
+        if self.sums is None:
+            self.names, self.sums = list(out), torch.zeros_like(values)
+        self.sums += values * batch
+        self.count += batch
+        # Remember the first step whose outputs are not finite, without a host sync.
+        bad = ~torch.isfinite(values).all() & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
 
 
 class _StopRequest:
@@ -208,8 +126,214 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run folder; refuse to clobber an existing run unless asked to."""
+class Trainer:
+    """Runs a recipe epoch by epoch; see :meth:`fit`."""
+
+    def __init__(self, recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset,
+                 out_dir: str | os.PathLike, log=None):
+        self.recipe, self.config = recipe, recipe.config
+        self.train_set, self.test_set = train_set, test_set
+        self.out_dir = Path(out_dir)
+        self.rank, self.world_size, _ = distributed_env()
+        self.is_main = self.rank == 0  # only rank 0 writes files and logs
+        default_log = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
+        self.log = (log or default_log) if self.is_main else (lambda line: None)
+        self.loader = BatchLoader(train_set, self.config.batch_size, recipe.device, shuffle=True,
+                                  seed=self.config.seed, rank=self.rank, world_size=self.world_size)
+        self.state = RunState()
+        self.started = time.perf_counter()
+
+    def fit(self) -> dict:
+        """Train, evaluating after every epoch; returns the final ``metrics.json`` content."""
+        self.start_run()
+        with _StopRequest(enabled=self.world_size == 1) as stop:
+            for epoch in range(self.state.next_epoch, self.config.epochs):
+                epoch_start = time.perf_counter()
+                logged, sums = self.train_epoch(epoch, stop)
+                train_means = self.reduce_and_check(epoch, sums)
+                test_metrics = self.evaluate(epoch)
+                self.end_epoch(epoch, logged, train_means, test_metrics, time.perf_counter() - epoch_start)
+        return self.finish()
+
+    # --- the steps of fit -----------------------------------------------------------------
+    def start_run(self) -> None:
+        """Resume from ``last.pt``, or clear what an earlier run left when overwriting."""
+        if self.config.resume:
+            self.state = RunState.restore(self.out_dir / CHECKPOINT, self.recipe, self.loader)
+            partial = self.state.partial
+            where = f"step {partial['next_step'] + 1} of " if partial else ""
+            self.log(f"resuming {self.out_dir} at {where}epoch {self.state.next_epoch + 1}")
+        elif self.config.overwrite and self.is_main:
+            remove_run_outputs(self.out_dir, self.recipe.output_files)
+        if self.world_size > 1:  # identical weights, but each rank draws its own noise
+            torch.manual_seed((self.config.seed * 7919 + self.rank * 104729 + self.state.next_epoch) % 2 ** 63)
+        self.started = time.perf_counter() - self.state.wall_before
+
+    def train_epoch(self, epoch: int, stop: _StopRequest) -> tuple[dict, EpochSums]:
+        """One pass over the training split (the rest of it, when resuming mid-epoch)."""
+        logged = self.recipe.start_epoch(epoch)
+        self.recipe.train()
+        partial, self.state.partial = self.state.partial, None
+        if partial is not None:  # re-draw the interrupted epoch's order and carry on after its last step
+            self.loader.generator.set_state(partial["generator_before_epoch"])
+            first_step = partial["next_step"]
+            sums = EpochSums(partial["names"], partial["sums"], partial["count"], partial["first_bad_step"])
+            logged = partial.get("logged", logged)  # what the epoch logged when it started
+        else:
+            first_step = 0
+            sums = EpochSums(first_bad_step=torch.full((), -1, dtype=torch.long, device=self.recipe.device))
+        generator_before_epoch = self.loader.generator.get_state()
+        bar = tqdm(self.loader.batches(first_step), desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False,
+                   total=len(self.loader), initial=first_step, unit="batch", file=sys.stderr,
+                   disable=not (self.config.progress and self.is_main))
+        for step, (x, y) in enumerate(bar, start=first_step):
+            sums.add(step, self.recipe.train_step(x, y), x.shape[0])
+            self.recipe.after_step()
+            if stop.requested:
+                bar.close()
+                self.save_interrupted(epoch, step, sums, generator_before_epoch, logged)
+        bar.close()
+        return logged, sums
+
+    def save_interrupted(self, epoch: int, step: int, sums: EpochSums, generator_before_epoch, logged) -> None:
+        """Ctrl-C: save ``last.pt`` with the epoch's progress and stop."""
+        self.save_checkpoint({"next_step": step + 1, "sums": sums.sums, "count": sums.count, "names": sums.names,
+                              "first_bad_step": sums.first_bad_step, "generator_before_epoch": generator_before_epoch,
+                              "logged": logged})
+        self.log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {self.out_dir / CHECKPOINT}. "
+                 f"Continue with: cifargen train {self.config.model} --resume {self.out_dir}")
+        raise KeyboardInterrupt
+
+    def reduce_and_check(self, epoch: int, sums: EpochSums) -> dict[str, float]:
+        """Epoch means over all ranks; stop the run if any step's outputs were not finite."""
+        first_bad_step = sums.first_bad_step
+        if self.world_size > 1:
+            all_reduce_(sums.sums)
+            sums.count = int(all_reduce_(torch.tensor(sums.count, device=self.recipe.device)))
+            # The earliest bad step over all ranks (-1, none, must not win the minimum).
+            never = torch.full_like(first_bad_step, len(self.loader))
+            first_bad_step = all_reduce_(torch.where(first_bad_step < 0, never, first_bad_step), op="min")
+            first_bad_step = torch.where(first_bad_step == len(self.loader), -1, first_bad_step)
+        bad_step = int(first_bad_step)  # one host sync per epoch
+        if bad_step >= 0:
+            raise TrainingError(f"the training loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; "
+                                + self._last_good())
+        return dict(zip(sums.names, (sums.sums / sums.count).tolist()))
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """The recipe's test figures after ``epoch``; stops the run if one is not finite."""
+        self.recipe.end_epoch(epoch)
+        self.recipe.eval()
+        test_metrics = self.recipe.evaluate(self.test_set)
+        if not all(math.isfinite(v) for v in test_metrics.values()):
+            raise TrainingError(f"test figures became non-finite after epoch {epoch + 1} ({test_metrics}); "
+                                + self._last_good())
+        return test_metrics
+
+    def end_epoch(self, epoch: int, logged: dict, train_means: dict, test_metrics: dict, seconds: float) -> None:
+        """Record the epoch; write ``best.pt`` if it improved, ``last.pt``, figures and ``metrics.json``."""
+        state = self.state
+        state.history.append({"epoch": epoch + 1, **logged, "train": train_means, "test": test_metrics,
+                              "seconds": round(seconds, 2)})
+        state.next_epoch = epoch + 1
+        improved = self.recipe.is_better(test_metrics[self.recipe.best_metric], state.best_value)
+        if improved:
+            state.best_value, state.best_epoch = test_metrics[self.recipe.best_metric], epoch
+            if self.is_main:
+                atomic_torch_save({"models": self.recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
+                                   "config": self.config.to_dict()}, self.out_dir / BEST_CHECKPOINT)
+        self.save_checkpoint()
+        if self.is_main:
+            self.recipe.epoch_figures(epoch, self.test_set, self.out_dir)
+            atomic_write_json(self.metrics(finished=False), self.out_dir / METRICS)
+        self.log(_summary_line(epoch, self.config.epochs, logged, train_means, test_metrics, seconds, improved))
+
+    def finish(self) -> dict:
+        """Write the final epoch's model to ``last/``; load the best weights; write the recipe's final
+        figures, the best model file and ``metrics.json``."""
+        metrics = self.metrics(finished=True)
+        if self.is_main:
+            self.save_model_file(self.out_dir / LAST_MODEL, metrics, epoch=len(self.state.history))
+            best = load_checkpoint(self.out_dir / BEST_CHECKPOINT, self.recipe.device)
+            self.recipe.load_model_state(best["models"])
+            self.recipe.eval()
+            metrics.update(self.recipe.final_outputs(metrics, self.train_set, self.test_set, self.out_dir))
+            self.save_model_file(self.out_dir, metrics, epoch=metrics["best_epoch"])
+            atomic_write_json(metrics, self.out_dir / METRICS)
+        return metrics
+
+    def save_model_file(self, folder: Path, metrics: dict, epoch: int) -> None:
+        """The recipe's network as it is now, as ``model.safetensors`` and ``config.json`` in ``folder``."""
+        save_model(self.recipe.export_model(), folder, self.recipe.class_names, training=self.config.to_dict(),
+                   metrics={"epoch": epoch, "best_epoch": metrics["best_epoch"], "test": self.state.history[epoch - 1]["test"],
+                            "best": metrics["best"], "precision": metrics["precision"], "device": metrics["device"]})
+
+    # --- helpers --------------------------------------------------------------------------
+    def wall(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save_checkpoint(self, partial: dict | None = None) -> None:
+        if self.is_main:
+            atomic_torch_save(self.state.checkpoint(self.recipe, self.loader, self.wall(), partial),
+                              self.out_dir / CHECKPOINT)
+
+    def _last_good(self) -> str:
+        done = len(self.state.history)
+        if not done:
+            return "no epoch had completed, so nothing was saved"
+        return (f"the last good checkpoint is {self.out_dir / CHECKPOINT} (epoch {done}); "
+                f"the best model so far is {self.out_dir / BEST_CHECKPOINT}")
+
+    def metrics(self, finished: bool) -> dict:
+        """The content of ``metrics.json``."""
+        state, recipe, config = self.state, self.recipe, self.config
+        best_entry = state.history[state.best_epoch] if state.best_epoch is not None else None
+        return {
+            "model": config.model,
+            "finished": finished,
+            "epochs_completed": len(state.history),
+            "best_epoch": state.best_epoch + 1 if state.best_epoch is not None else None,
+            "best_metric": recipe.best_metric,
+            "best": best_entry["test"] if best_entry else None,
+            "last": state.history[-1]["test"] if state.history else None,
+            "history": state.history,
+            "config": config.to_dict(),
+            "seed": config.seed,
+            "device": str(recipe.device),
+            "device_name": device_name(recipe.device),
+            "precision": str(recipe.autocast_dtype or torch.float32).replace("torch.", ""),
+            "threads": torch.get_num_threads(),
+            "world_size": self.world_size,
+            "torch_version": torch.__version__,
+            "wall_time_s": round(self.wall(), 2),
+        }
+
+
+def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir: str | os.PathLike,
+        log=None) -> dict:
+    """Train ``recipe`` on ``train_set``, evaluating on ``test_set`` after every epoch.
+
+    Writes ``last.pt`` (resumable), ``best.pt`` (best weights by ``recipe.best_metric``),
+    ``metrics.json``, the model file and the recipe's figures into ``out_dir``. Returns the metrics.
+    """
+    return Trainer(recipe, train_set, test_set, out_dir, log).fit()
+
+
+def _summary_line(epoch: int, epochs: int, logged: dict, train: dict, test: dict, seconds: float, best: bool) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    parts += [f"{k} {v:.3g}" for k, v in logged.items()]
+    parts += [f"train {k} {v:.4f}" for k, v in train.items()]
+    parts += [f"test {k} {v:.4f}" for k, v in test.items()]
+    parts.append(f"{seconds:.1f}s" + (" *best*" if best else ""))
+    return " | ".join(parts)
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Create the run folder if needed and refuse to start over an existing run unless asked to.
+
+    Nothing is deleted here: with ``overwrite`` the old run's files are removed only once the new
+    run has loaded its data and built its model (:meth:`Trainer.start_run`).
+    """
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -222,7 +346,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist; start without --resume")
         return
     if overwrite:
-        _remove_outputs(out)
         return
     metrics = out / METRICS
     if metrics.is_file() or (out / CHECKPOINT).is_file():
@@ -235,213 +358,34 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"{out} already holds {state}; pass --overwrite to replace it or --out to choose another folder")
 
 
-_OUTPUT_FILES = (METRICS, CHECKPOINT, BEST_CHECKPOINT, "model.safetensors", "config.json", "losses.png",
-                 "total_loss.png", "random.png", "loss.png", "accuracy.png", "confusion.png")
-
-
-def _remove_outputs(out: Path) -> None:
-    """Delete what an earlier run wrote in ``out`` (only cifargen's own file names)."""
-    import re
-
-    for path in out.iterdir():
-        if path.name in _OUTPUT_FILES or re.fullmatch(r"E\d+\.png", path.name):
-            path.unlink(missing_ok=True)  # another rank may have removed it already
-
-
-def _summary_line(epoch: int, epochs: int, logged: dict, train: dict, test: dict, seconds: float, best: bool) -> str:
-    parts = [f"epoch {epoch + 1}/{epochs}"]
-    parts += [f"{k} {v:.3g}" for k, v in logged.items()]
-    parts += [f"train {k} {v:.4f}" for k, v in train.items()]
-    parts += [f"test {k} {v:.4f}" for k, v in test.items()]
-    parts.append(f"{seconds:.1f}s" + (" *best*" if best else ""))
-    return " | ".join(parts)
-
-
-def fit(recipe: Recipe, train_set: ImageDataset, test_set: ImageDataset, out_dir: str | os.PathLike,
-        log=None) -> dict:
-    """Train ``recipe`` on ``train_set``, evaluating on ``test_set`` after every epoch.
-
-    Writes ``last.pt`` (resumable), ``best.pt`` (best weights by ``recipe.best_metric``),
-    ``metrics.json`` and the recipe's figures into ``out_dir``. Returns the metrics dict.
-    """
-    from tqdm.auto import tqdm
-
-    config = recipe.config
-    out_dir = Path(out_dir)
-    log = log or (lambda line: tqdm.write(line, file=sys.stderr))
-    rank, world_size, _ = distributed_env()
-    is_main = rank == 0  # only rank 0 writes files and logs
-    if not is_main:
-        log = lambda line: None  # noqa: E731
-    loader = BatchLoader(train_set, config.batch_size, recipe.device, shuffle=True, seed=config.seed,
-                         rank=rank, world_size=world_size)
-    history: list[dict] = []
-    best_value, best_epoch, start_epoch = None, None, 0
-    wall_before = 0.0
-
-    partial = None  # the interrupted epoch's progress, when resuming after Ctrl-C
-    if config.resume:
-        state = load_checkpoint(out_dir / CHECKPOINT, recipe.device)
-        try:
-            recipe.load_state_dict(state["recipe"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"{out_dir / CHECKPOINT} does not fit this configuration ({str(exc).splitlines()[0][:200]}); "
-                              "resume with the settings the run was started with") from None
-        loader.generator.set_state(state["data_generator"])
-        set_rng_state(state["rng"])
-        history, best_value, best_epoch = state["history"], state["best_value"], state["best_epoch"]
-        start_epoch, wall_before, partial = state["epoch"] + 1, state["wall_time_s"], state.get("partial")
-        where = f"epoch {start_epoch + 1}, step {partial['next_step'] + 1}" if partial else f"epoch {start_epoch + 1}"
-        log(f"resuming {out_dir} at {where}")
-
-    def save_checkpoint(last_complete_epoch: int, wall: float, partial_epoch: dict | None = None) -> None:
-        if not is_main:
-            return
-        atomic_torch_save({
-            "recipe": recipe.state_dict(), "epoch": last_complete_epoch, "history": history, "best_value": best_value,
-            "best_epoch": best_epoch, "rng": rng_state(), "data_generator": loader.generator.get_state(),
-            "wall_time_s": wall, "partial": partial_epoch, "config": config.to_dict(),
-        }, out_dir / CHECKPOINT)
-
-    def metrics_dict(finished: bool, wall: float) -> dict:
-        best_entry = history[best_epoch] if best_epoch is not None else None
-        return {
-            "model": config.model,
-            "finished": finished,
-            "epochs_completed": len(history),
-            "best_epoch": best_epoch + 1 if best_epoch is not None else None,
-            "best_metric": recipe.best_metric,
-            "best": best_entry["test"] if best_entry else None,
-            "last": history[-1]["test"] if history else None,
-            "history": history,
-            "config": config.to_dict(),
-            "seed": config.seed,
-            "device": str(recipe.device),
-            "device_name": device_name(recipe.device),
-            "precision": str(recipe.autocast_dtype or torch.float32).replace("torch.", ""),
-            "threads": torch.get_num_threads(),
-            "world_size": world_size,
-            "torch_version": torch.__version__,
-            "wall_time_s": round(wall, 2),
-        }
-
-    if world_size > 1:  # identical weights, but each rank draws its own noise
-        torch.manual_seed((config.seed * 7919 + rank * 104729 + start_epoch) % 2 ** 63)
-    started = time.perf_counter() - wall_before
-    with _StopRequest(enabled=world_size == 1) as stop:
-        for epoch in range(start_epoch, config.epochs):
-            epoch_start = time.perf_counter()
-            logged = recipe.start_epoch(epoch)
-            recipe.train()
-            if partial is not None:  # re-draw the interrupted epoch's order and carry on after its last step
-                loader.generator.set_state(partial["generator_before_epoch"])
-                first_step, sums, count, names = partial["next_step"], partial["sums"], partial["count"], partial["names"]
-                first_bad_step = partial["first_bad_step"]
-                # What the epoch logged when it started (a per-step warm-up has moved the lr since).
-                logged = partial.get("logged", logged)
-                partial = None
-            else:
-                first_step, sums, count, names = 0, None, 0, None
-                first_bad_step = torch.full((), -1, dtype=torch.long, device=recipe.device)
-            generator_before_epoch = loader.generator.get_state()
-            bar = tqdm(loader.batches(first_step), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                       total=len(loader), initial=first_step, disable=not (config.progress and is_main), unit="batch",
-                       file=sys.stderr)
-            for step, (x, y) in enumerate(bar, start=first_step):
-                out = recipe.train_step(x, y)
-                recipe.after_step()
-                values = torch.stack([v.float() for v in out.values()])
-                if sums is None:
-                    names, sums = list(out), torch.zeros_like(values)
-                sums += values * x.shape[0]
-                count += x.shape[0]
-                # Remember the first step whose loss is not finite, without a host sync.
-                bad = ~torch.isfinite(values).all() & (first_bad_step < 0)
-                first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
-                if stop.requested:
-                    save_checkpoint(epoch - 1, time.perf_counter() - started, {
-                        "next_step": step + 1, "sums": sums, "count": count, "names": names,
-                        "first_bad_step": first_bad_step, "generator_before_epoch": generator_before_epoch,
-                        "logged": logged})
-                    bar.close()
-                    log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {out_dir / CHECKPOINT}. "
-                        f"Continue with: cifargen train {config.model} --resume {out_dir}")
-                    raise KeyboardInterrupt
-            bar.close()
-            if world_size > 1:  # epoch figures over all ranks' shards
-                all_reduce_(sums)
-                count = int(all_reduce_(torch.tensor(count, device=recipe.device)))
-                # The earliest bad step over all ranks (-1, none, must not win the minimum).
-                never = torch.full_like(first_bad_step, len(loader))
-                first_bad_step = all_reduce_(torch.where(first_bad_step < 0, never, first_bad_step), op="min")
-                first_bad_step = torch.where(first_bad_step == len(loader), -1, first_bad_step)
-            bad_step = int(first_bad_step)  # one host sync per epoch
-            if bad_step >= 0:
-                last_good = out_dir / CHECKPOINT if history else None
-                raise TrainingError(
-                    f"loss became non-finite at epoch {epoch + 1}, step {bad_step + 1}; "
-                    + (f"the last good checkpoint is {last_good} (epoch {len(history)}); "
-                       if last_good else "no epoch had completed; ")
-                    + "start again with a lower --lr (add --overwrite)")
-            train_means = dict(zip(names, (sums / count).tolist()))
-            recipe.end_epoch(epoch)
-            recipe.eval()
-            test_metrics = recipe.evaluate(test_set)
-            if not all(math.isfinite(v) for v in test_metrics.values()):
-                raise TrainingError(
-                    f"test figures became non-finite after epoch {epoch + 1} ({test_metrics}); "
-                    + (f"the last good checkpoint is {out_dir / CHECKPOINT} (epoch {len(history)}); " if history else "")
-                    + "start again with a lower --lr (add --overwrite)")
-            seconds = time.perf_counter() - epoch_start
-            history.append({"epoch": epoch + 1, **logged, "train": train_means, "test": test_metrics,
-                            "seconds": round(seconds, 2)})
-            value = test_metrics[recipe.best_metric]
-            improved = recipe.is_better(value, best_value)
-            if improved:
-                best_value, best_epoch = value, epoch
-            if improved and is_main:
-                atomic_torch_save({"models": recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
-                                   "config": config.to_dict()}, out_dir / BEST_CHECKPOINT)
-            wall = time.perf_counter() - started
-            save_checkpoint(epoch, wall)
-            if is_main:
-                recipe.epoch_figures(epoch, test_set, out_dir)
-                atomic_write_json(metrics_dict(False, wall), out_dir / METRICS)
-            log(_summary_line(epoch, config.epochs, logged, train_means, test_metrics, seconds, improved))
-
-    wall = time.perf_counter() - started
-    metrics = metrics_dict(True, wall)
-    if is_main:
-        best = load_checkpoint(out_dir / BEST_CHECKPOINT, recipe.device)
-        recipe.load_model_state(best["models"])
-        recipe.eval()
-        metrics.update(recipe.final_outputs(metrics, test_set, out_dir))
-        from .modelfile import save_model
-
-        save_model(recipe.export_model(), out_dir, recipe.class_names, training=config.to_dict(),
-                   metrics={"best_epoch": metrics["best_epoch"], "best": metrics["best"],
-                            "precision": metrics["precision"], "device": metrics["device"]})
-        atomic_write_json(metrics, out_dir / METRICS)
-    return metrics
+def remove_run_outputs(out: Path, recipe_files: tuple[str, ...]) -> None:
+    """Delete what an earlier run wrote in ``out``: only the loop's and the recipe's file names."""
+    patterns = [re.compile(p) for p in LOOP_FILES + (re.escape(PRIOR_WEIGHTS),) + tuple(recipe_files)]
+    for folder in (out, out / LAST_MODEL):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.is_file() and any(p.fullmatch(path.name) for p in patterns):
+                path.unlink(missing_ok=True)  # another rank may have removed it already
+    if (out / LAST_MODEL).is_dir() and not any((out / LAST_MODEL).iterdir()):
+        (out / LAST_MODEL).rmdir()
 
 
 def load_checkpoint(path: Path, device) -> dict:
     """Load a cifargen checkpoint without running pickled code (``weights_only=True``)."""
-    import pickle
-
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ConfigError(f"cannot load checkpoint {path} ({str(exc).splitlines()[0][:200]}); "
-                          "it is damaged or not a cifargen checkpoint: start the run again with --overwrite") from None
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load checkpoint {path} ({reason}); it is damaged or not a cifargen checkpoint: "
+                          "start a new run with another --out (the run's best model, if any, stays usable)") from None
 
 
 def device_name(device: torch.device) -> str:
+    """A readable name of ``device`` for ``metrics.json``."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        import platform
-
         return f"{platform.processor() or platform.machine()} ({physical_cores()} cores)"
     return device.type
 

@@ -12,7 +12,7 @@ from cifargen.training import setup_runtime
 
 def make_recipe(config):
     device, dtype = setup_runtime(config)
-    recipe = VAERecipe(config, tuple("abcdefghij"), device, dtype)
+    recipe = VAERecipe(config, tuple("abcdefghij"), device, dtype, steps_per_epoch=10)
     recipe.start_epoch(0)  # lambda = 0: the loss is the reconstruction loss alone
     recipe.train()
     for module in recipe.model.modules():  # running statistics: no per-rank batch statistics

@@ -103,13 +103,13 @@ def forward_flops_by_hand(model: torch.nn.Module, *inputs) -> int:
 def test_step_flops_are_about_three_forward_passes_of_the_network():
     from throughput import load_images, step_flops
 
-    from cifargen.recipes import default_config, model_entry
+    from cifargen.registry import default_config, model_kind
     from cifargen.training import setup_runtime
 
     config = default_config("vae", device="cpu", precision="fp32", progress=False)
     device, dtype = setup_runtime(config)
     dataset = load_images(None, 16)
-    recipe = model_entry("vae").recipe_class(config, dataset.class_names, device, dtype)
+    recipe = model_kind("vae").recipe_class(config, dataset.class_names, device, dtype, steps_per_epoch=2)
     forward = forward_flops_by_hand(recipe.model, dataset.images[:8].float() / 255, dataset.labels[:8])
     counted = step_flops(recipe, dataset, 8)
     # forward + backward (twice the forward, less the first layer's input gradient) + the SSIM filters

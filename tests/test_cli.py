@@ -105,16 +105,3 @@ def test_resume_refuses_flags_that_change_the_run(cifar_root, tmp_path, capsys):
     for changed in (["--lr", "0.1"], ["--kl-ramp-from", "0.5"], ["--latent-dim", "8"], ["--epochs", "3"]):
         assert main(["train", "vae", "--resume", str(run_dir), *changed, *common]) == 2
         assert "cannot change when resuming" in capsys.readouterr().err
-
-
-def test_resuming_a_run_saved_before_norm_group_size_keeps_its_eight_groups():
-    import dataclasses
-
-    from cifargen.configs import config_from_dict
-    from cifargen.recipes.acgan import ACGANTrainConfig
-
-    saved = json.loads(json.dumps(dataclasses.asdict(ACGANTrainConfig())))
-    del saved["arch"]["norm_group_size"]  # a run configuration written before the field existed
-    assert config_from_dict(ACGANTrainConfig, saved).arch.norm_group_size is None
-    saved["arch"]["norm_group_size"] = 16
-    assert config_from_dict(ACGANTrainConfig, saved).arch.norm_group_size == 16

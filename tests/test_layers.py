@@ -114,18 +114,6 @@ def test_discriminator_uses_the_configured_groups():
     assert sum(isinstance(m, Dropout) for m in disc.modules()) == 3
 
 
-def test_model_files_from_before_group_size_load_with_eight_groups(tmp_path):
-    gan = ACGAN(ACGANConfig(width=8, d_width=16, latent_dim=16, norm_group_size=None)).eval()
-    save_model(gan, tmp_path, [str(i) for i in range(10)])
-    config = json.loads((tmp_path / "config.json").read_text())
-    del config["arch"]["norm_group_size"]  # as written before the field existed
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    loaded = load(tmp_path)
-    assert [m.num_groups for m in loaded.modules() if isinstance(m, nn.GroupNorm)] == [8] * 6
-    x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(loaded.discriminator(x), gan.discriminator(x))
-
-
 CHANNELS_LAST = torch.channels_last
 
 

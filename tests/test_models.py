@@ -99,9 +99,9 @@ def test_cvae_conditions_decoder_on_class():
 
 def test_generate():
     vae, cvae = VAE(latent_dim=16, width=8).eval(), CVAE(latent_dim=16, width=8).eval()
-    images = vae.generate(6, generator=torch.Generator().manual_seed(0))
-    assert images.shape == (6, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
-    again = vae.generate(6, generator=torch.Generator().manual_seed(0))
+    images, labels = vae.generate(6, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 32, 32) and images.min() >= 0 and images.max() <= 1 and labels is None
+    again, _ = vae.generate(6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(images, again)
     images, classes = cvae.generate(20, generator=torch.Generator().manual_seed(0))
     assert images.shape == (20, 3, 32, 32) and classes.shape == (20,) and len(set(classes.tolist())) > 1

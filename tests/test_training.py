@@ -42,7 +42,7 @@ def test_acgan_end_to_end(cifar_root, tmp_path):
 
 def make_acgan_recipe(seed=0):
     config = default_config("acgan", seed=seed, progress=False)
-    return ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None)
+    return ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
 
 
 def test_acgan_step_updates_both_networks():
@@ -241,7 +241,7 @@ def test_mode_seeking_loss_matches_numpy():
 def test_acgan_mode_seeking_step_pairs_classes_and_stays_finite(monkeypatch):
     import cifargen.recipes.acgan as acgan
     config = default_config("acgan", mode_seeking=1.0, progress=False)
-    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
     seen = []
     generator_forward = recipe.generator.forward
     monkeypatch.setattr(recipe.generator, "forward", lambda z, y: seen.append(y.clone()) or generator_forward(z, y))

@@ -8,14 +8,12 @@ trunk with a real/fake head (one logit) and an auxiliary classifier head (one lo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
 from .layers import Dropout, Flatten, group_norm
-from .vae import Decoder, VAEConfig, leaky_relu, sample_latents
+from .vae import Decoder, Samples, VAEConfig, leaky_relu, sample_classes, standard_normal_latents
 
 
 @dataclass
@@ -24,7 +22,7 @@ class ACGANConfig:
 
     latent_dim: int = 128
     width: int = 32            # generator: channels before the image, as the VAE decoder
-    d_width: int = 32          # discriminator: channels after its first convolution (64: 2.4x the step time on CPU)
+    d_width: int = 32          # discriminator: channels after its first convolution
     num_downsamples: int = 3
     convs_per_level: int = 1   # generator, as the VAE decoder's
     image_size: int = 32
@@ -33,30 +31,8 @@ class ACGANConfig:
     class_embed_dim: int = 32
     dropout: float = 0.25
     spectral_norm: bool = False
-    # Discriminator: normalisation after every convolution but the first: "batch", "group"
-    # (GroupNorm: no running statistics, the same in training and evaluation) or "none".
-    # Test accuracy after 300 steps (README): group 0.379, batch 0.361, none 0.272.
-    norm: str = "group"
-    # Channels per GroupNorm group. 16, not 4-8: the CPU's bf16 channels-last kernel is about 8x
-    # faster with 16 (models/layers.py). None: 8 groups per layer, the layout before it.
-    norm_group_size: int | None = 16
-
-    # Fields added after model files and run configurations were first written, with the value
-    # that reproduces what such a file describes (modelfile.build_model and --resume read it).
-    # "norm": "none" describes session 1's discriminator exactly, but its weights do not load: its
-    # layer list had no placeholder where "none" now puts nn.Identity, so the indices differ, and
-    # load() stops saying so.
-    VALUES_BEFORE_FIELD: ClassVar[dict] = {"norm_group_size": None, "norm": "none"}
-
-    @classmethod
-    def upgrade_saved(cls, values: dict) -> dict:
-        """Renamed settings in a saved configuration: ``batch_norm`` (a bool) became ``norm``."""
-        if "batch_norm" not in values:
-            return values
-        values = dict(values)
-        batch_norm = values.pop("batch_norm")
-        values.setdefault("norm", "batch" if batch_norm else "none")
-        return values
+    norm: str = "group"        # discriminator, after every convolution but the first: group, batch or none
+    norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -121,6 +97,7 @@ class ACGAN(nn.Module):
     """Generator and discriminator together, for saving, loading and sampling."""
 
     kind = "acgan"
+    conditional = True
 
     def __init__(self, config: ACGANConfig | None = None, **overrides):
         super().__init__()
@@ -131,9 +108,20 @@ class ACGAN(nn.Module):
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
 
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] from latent codes ``z`` and classes ``y``."""
+        return self.generator(z, y)
+
     @torch.no_grad()
-    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """``n`` images from z ~ N(0, I) for classes ``y`` (random when None); returns ``(images, y)``."""
-        z, y = sample_latents(n, self.config.latent_dim, self.config.num_classes, y, generator,
-                              next(self.parameters()).device)
-        return self.generator(z, y), y
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 prior: str = "standard") -> Samples:
+        """``n`` images from z ~ N(0, I) for classes ``y`` (uniform at random when None).
+
+        The generator was trained on N(0, I), its only prior: ``prior`` must be ``"standard"``.
+        """
+        if prior != "standard":
+            raise ConfigError(f"an AC-GAN samples only its standard prior z ~ N(0, I), not {prior!r}")
+        device = next(self.parameters()).device
+        z = standard_normal_latents(n, self.config.latent_dim, generator, device)
+        labels = sample_classes(n, self.config.num_classes, y, generator, device)
+        return Samples(self.decode(z, labels), labels)

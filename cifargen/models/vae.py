@@ -158,34 +158,45 @@ def reparameterize(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
 
 
-def sample_latents(n: int, latent_dim: int, num_classes: int, y, generator: torch.Generator | None, device):
-    """z ~ N(0, I) of shape (n, latent_dim) and classes ``y`` (uniform at random when None), on ``device``.
+class Samples(NamedTuple):
+    """What every generative model's ``generate`` returns: images in [0, 1] and the classes they
+    were drawn for (``None`` for an unconditional model)."""
 
-    Drawn on the CPU so that a seeded ``generator`` gives the same samples on every device.
-    """
-    z = torch.randn(n, latent_dim, generator=generator)
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def standard_normal_latents(n: int, latent_dim: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """z ~ N(0, I) of shape (n, latent_dim) on ``device``, drawn on the CPU so that a seeded
+    ``generator`` gives the same samples on every device."""
+    return torch.randn(n, latent_dim, generator=generator).to(device)
+
+
+def sample_classes(n: int, num_classes: int, y, generator: torch.Generator | None, device) -> torch.Tensor:
+    """The classes ``y`` as a long tensor on ``device``, or ``n`` uniform draws when ``y`` is None."""
     if y is None:
         y = torch.randint(num_classes, (n,), generator=generator)
-    return z.to(device), torch.as_tensor(y, dtype=torch.long).to(device)
+    y = torch.as_tensor(y, dtype=torch.long)
+    if y.shape != (n,):
+        raise ValueError(f"y must hold one class per sample ({n}), got shape {tuple(y.shape)}")
+    return y.to(device)
 
 
 class VAE(nn.Module):
     """Variational autoencoder. ``forward(x, y)`` ignores ``y``; :class:`CVAE` uses it."""
 
     kind = "vae"
+    conditional = False
 
     def __init__(self, config: VAEConfig | None = None, **overrides):
         super().__init__()
         config = config or VAEConfig()
-        if overrides:
-            config = VAEConfig(**{**config.to_dict(), **overrides})
+        # The class, not the configuration, says whether the networks see the class.
+        config = VAEConfig(**{**config.to_dict(), **overrides, "conditional": self.conditional})
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-
-    @property
-    def conditional(self) -> bool:
-        return self.config.conditional
+        self.fitted_prior = None  # a GaussianMixturePrior once fitted (cifargen.priors); not a module: saved apart
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_logits: bool = False):
         """Reconstruct ``x``: returns ``VAEOutput(recon, mu, log_var, z)``.
@@ -200,32 +211,46 @@ class VAE(nn.Module):
         return (out, logits) if return_logits else out
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decoder(z, y)
+        """Images in [0, 1] from latent codes ``z`` (and classes ``y``, conditional models only)."""
+        return self.decoder(z, y if self.conditional else None)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def latents(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None,
+                prior: str = "standard") -> torch.Tensor:
+        """``n`` codes from the standard prior N(0, I) or the fitted one (see :mod:`cifargen.priors`)."""
+        if prior == "standard":
+            return standard_normal_latents(n, self.config.latent_dim, generator, self._device())
+        if prior != "fitted":
+            raise ConfigError(f"unknown prior {prior!r}: choose standard (z ~ N(0, I)) or fitted")
+        if self.fitted_prior is None:
+            raise ConfigError("this model has no fitted prior: fit one with `cifargen fit-prior RUN` "
+                              "(or sample the standard prior)")
+        return self.fitted_prior.sample(n, labels, generator).to(self._device())
+
     @torch.no_grad()
-    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """Decode ``n`` samples of z ~ N(0, I) (drawn on the CPU from ``generator`` if given)."""
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(self._device())
-        return self.decode(z)
+    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 prior: str = "standard") -> Samples:
+        """Decode ``n`` codes drawn on the CPU (from ``generator`` if given) from ``prior``:
+        ``"standard"``, z ~ N(0, I), or ``"fitted"``, the mixture fitted to the training codes.
+
+        Conditional models draw for classes ``y`` (uniform at random when None); returns
+        ``Samples(images, labels)``, ``labels`` None for the unconditional VAE.
+        """
+        device = self._device()
+        if prior == "fitted":  # the fitted prior of a CVAE depends on the class: draw it first
+            labels = sample_classes(n, self.config.num_classes, y, generator, device) if self.conditional else None
+            z = self.latents(n, labels, generator, prior)
+        else:
+            z = self.latents(n, None, generator, prior)
+            labels = sample_classes(n, self.config.num_classes, y, generator, device) if self.conditional else None
+        return Samples(self.decode(z, labels), labels)
 
 
 class CVAE(VAE):
     """Conditional VAE: the class embedding conditions the decoder (and the encoder's heads)."""
 
     kind = "cvae"
+    conditional = True
 
-    def __init__(self, config: VAEConfig | None = None, **overrides):
-        config = config or VAEConfig()
-        super().__init__(config, **{**overrides, "conditional": True})
-
-    @torch.no_grad()
-    def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """Decode ``n`` samples of z ~ N(0, I) for classes ``y`` (random when None).
-
-        Returns ``(images, y)``: the images in [0, 1] and the classes used.
-        """
-        z, y = sample_latents(n, self.config.latent_dim, self.config.num_classes, y, generator, self._device())
-        return self.decode(z, y), y

@@ -18,18 +18,16 @@ from ..losses import adversarial_loss, auxiliary_loss
 from ..models.acgan import ACGAN, ACGANConfig
 from ..plotting import plot_curves, save_labelled_grid
 from ..runtime import autocast
-from ..training import Recipe, TrainConfig
+from .base import Recipe, TrainConfig
 
 NUM_FIXED_SAMPLES = 20
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ACGANTrainConfig(TrainConfig):
-    """Training configuration of the AC-GAN; defaults reproduce README's results."""
+    """Training configuration of the AC-GAN; the defaults reproduce the headline results (docs/DECISIONS.md says why)."""
 
     model: str = "acgan"
-    # Chosen for 2 CPU cores (README): 20 epochs of batch 64 are 15,600 updates of each network,
-    # more than the assignment's 30 epochs of batch 256 (5,880), from two thirds of the images.
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-4               # the generator's (and the discriminator's unless d_lr is set)
@@ -39,18 +37,10 @@ class ACGANTrainConfig(TrainConfig):
     label_smoothing: float = 0.0   # one-sided: real target 1 - label_smoothing
     flip_augment: bool = True      # random horizontal flips of the discriminator's inputs
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
-    # Both learning rates fall linearly to 0 over the run's last part, from this fraction of it
-    # (1.0: constant). The test accuracy swings by several points between epochs at a constant rate.
-    lr_decay_from: float = 0.5
-    # Mode seeking (Mao et al., 2019, MSGAN): the batch's second half repeats the first half's
-    # classes with new z, and the generator pays mode_seeking / (|G(z1)-G(z2)| / |z1-z2|), so two
-    # latents of one class cannot render the same image (0 turns it off). Full runs (README):
-    # 0.3 gave diversity 0.77, FD-cifargen 3.8, test accuracy 0.789; 0 gave 0.15, 11.2, 0.785.
+    lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
+    # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
     mode_seeking: float = 0.3
-    # Weight of the discriminator's classification loss on real images (the headline is its
-    # accuracy on real test images); the other three terms keep weight 1. After 1,000 steps
-    # (README): 0.496 with 3, 0.470 with 1.
-    real_class_weight: float = 3.0
+    real_class_weight: float = 3.0  # weight of D's class loss on real images; its other terms weigh 1
 
     def validate(self) -> None:
         super().validate()
@@ -66,9 +56,8 @@ class ACGANTrainConfig(TrainConfig):
 def frozen_running_stats(module: torch.nn.Module):
     """Batch norm normalises with the batch's statistics but leaves its running statistics alone.
 
-    The generator's step shows the discriminator generated images only; letting those batches
-    into the running statistics skews them away from real images, which evaluation normalises
-    with (measured: test accuracy 0.36 in evaluation mode against 0.44 with batch statistics).
+    The generator's step shows the discriminator generated images only; those batches would skew
+    the running statistics away from the real images that evaluation normalises.
     """
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
@@ -92,8 +81,9 @@ def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) 
 class ACGANRecipe(Recipe):
     best_metric = "accuracy"
     best_mode = "max"
+    output_files = (r"E\d+\.png", r"loss\.png", r"accuracy\.png", r"confusion\.png")
 
-    def __init__(self, config: ACGANTrainConfig, class_names, device, autocast_dtype, steps_per_epoch=None):
+    def __init__(self, config: ACGANTrainConfig, class_names, device, autocast_dtype, steps_per_epoch):
         super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
         arch = ACGANConfig(**{**config.arch.to_dict(), "num_classes": len(class_names)})
         self.gan = ACGAN(arch).to(device, memory_format=torch.channels_last)
@@ -108,8 +98,8 @@ class ACGANRecipe(Recipe):
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.d_lr or config.lr,
                                               betas=config.betas, fused=fused),
         }
-        # Per step, so the decay is smooth; it needs the run's length (the loop passes it).
-        if config.lr_decay_from < 1 and steps_per_epoch:
+        # Per step, so the decay is smooth.
+        if config.lr_decay_from < 1:
             total = config.epochs * steps_per_epoch
             start = int(config.lr_decay_from * total)
             decay = lambda step: min(1.0, (total - step) / max(1, total - start))
@@ -178,7 +168,7 @@ class ACGANRecipe(Recipe):
         save_labelled_grid(denormalize(self.render_fixed()), out_dir / f"E{epoch + 1}.png", labels=labels,
                            title=f"AC-GAN epoch {epoch + 1}: fixed z and classes")
 
-    def final_outputs(self, metrics: dict, test_set: ImageDataset, out_dir: Path) -> dict:
+    def final_outputs(self, metrics: dict, train_set: ImageDataset, test_set: ImageDataset, out_dir: Path) -> dict:
         history = metrics["history"]
         epochs = [h["epoch"] for h in history]
         plot_curves(epochs, {"generator loss": [h["train"]["g_loss"] for h in history],

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Issue 5's GPU figures in few, full device calls (a lent GPU machine has no network and a short lease).
+# The GPU figures of docs/RESULTS.md (throughput, per-operator profiles, time to quality of the
+# default runs) in a few commands, on a GPU machine that may have no network access.
 #
-#   bash benchmarks/gpu_session.sh bench DATA_SRC OUT         # throughput (full) + VAE/AC-GAN profiles, ~5 min
-#   bash benchmarks/gpu_session.sh ttq MODEL DATA_SRC OUT SECONDS [FLAGS...]
+#   bash benchmarks/gpu_benchmarks.sh bench DATA_SRC OUT      # throughput (full) + VAE/AC-GAN profiles, ~5 min
+#   bash benchmarks/gpu_benchmarks.sh ttq MODEL DATA_SRC OUT SECONDS [FLAGS...]
 #                                                             # the default run of MODEL, stopped after SECONDS;
 #                                                             # prints when it reached the quality target
 #
 # DATA_SRC is either a folder holding cifar-10-batches-py/ or one holding the local JPEG copy
 # (cifar10-jpeg.tar.gz, order.json, build.py), which is built into /tmp/cifar10 first: the
-# official archive (178 MB) is too large to send along, the JPEG copy (19 MB) is not.
+# official archive (178 MB) is much larger to copy onto the machine than the JPEG copy (19 MB).
 # Files for results/ are written into OUT.
 set -euo pipefail
 
-mode=${1:?usage: gpu_session.sh bench|ttq ...}
+mode=${1:?usage: gpu_benchmarks.sh bench|ttq ...}
 shift
 
 prepare() {  # cifargen from this checkout on the machine's own torch (no install step), then the data

@@ -1,0 +1,205 @@
+"""Fitted latent priors: Gaussian mixtures over a trained VAE's codes (ex-post density estimation).
+
+A VAE whose best checkpoint was taken at a small KL weight is nearly an autoencoder: its codes
+do not fill N(0, I), so decoding z ~ N(0, I) gives textures. Fitting a density to the codes of
+the training images and sampling it instead gives images that look like the data (Ghosh et
+al., 2020, "From Variational to Deterministic Autoencoders"). For the VAE one mixture covers all
+codes; for the CVAE one mixture per class, so that sampling class c samples class c's codes.
+
+scikit-learn's ``GaussianMixture`` fits; the fitted parameters are kept as plain tensors
+(``prior.safetensors`` beside ``model.safetensors``), and sampling runs in torch, drawn on the
+CPU from a seeded generator like every other sampler in cifargen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from sklearn.mixture import GaussianMixture
+
+from .data import BatchLoader, ImageDataset
+from .errors import ConfigError
+from .runtime import autocast
+
+PRIOR_WEIGHTS = "prior.safetensors"
+PRIORS = ("standard", "fitted")
+
+
+@dataclass
+class PriorConfig:
+    """How the mixture is fitted; the defaults are the measured choice (docs/DECISIONS.md)."""
+
+    n_components: int = 1          # per mixture (per class for conditional models)
+    covariance_type: str = "full"  # full or diag
+    reg_covar: float = 1e-4        # added to every covariance's diagonal: the codes span fewer than 512 directions
+    max_iter: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_components < 1:
+            raise ConfigError(f"n_components must be at least 1, got {self.n_components}")
+        if self.covariance_type not in ("full", "diag"):
+            raise ConfigError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}")
+        if not self.reg_covar >= 0:
+            raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
+
+
+class GaussianMixturePrior:
+    """One Gaussian mixture per group of codes: a single group, or one per class.
+
+    ``weights`` (G, K), ``means`` (G, K, D) and ``scale_tril`` (G, K, D, D): the Cholesky factors
+    of the covariances (diagonal ones for ``covariance_type="diag"``).
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, scale_tril: torch.Tensor, config: PriorConfig,
+                 per_class: bool, report: dict | None = None):
+        self.weights, self.means, self.scale_tril = weights.float(), means.float(), scale_tril.float()
+        self.config, self.per_class = config, per_class
+        self.report = report or {}  # how the fit went: images, seconds, log-likelihoods
+
+    @property
+    def latent_dim(self) -> int:
+        return self.means.shape[-1]
+
+    @property
+    def groups(self) -> int:
+        return self.means.shape[0]
+
+    @classmethod
+    def fit(cls, codes: np.ndarray, labels: np.ndarray | None, config: PriorConfig,
+            num_classes: int | None = None) -> "GaussianMixturePrior":
+        """Fit one mixture to ``codes`` (N, D), or one per class when ``labels`` are given."""
+        codes = np.asarray(codes, dtype=np.float64)
+        if labels is None:
+            groups = [codes]
+        else:
+            labels = np.asarray(labels)
+            groups = [codes[labels == c] for c in range(num_classes or int(labels.max()) + 1)]
+        mixtures = []
+        for index, group in enumerate(groups):
+            if len(group) < config.n_components:
+                where = f"class {index}" if labels is not None else "the data"
+                raise ConfigError(f"cannot fit {config.n_components} components to {len(group)} codes of {where}; "
+                                  "use fewer components or more training images")
+            mixture = GaussianMixture(config.n_components, covariance_type=config.covariance_type,
+                                      reg_covar=config.reg_covar, max_iter=config.max_iter, random_state=config.seed)
+            mixtures.append(mixture.fit(group))
+        weights = torch.tensor(np.stack([m.weights_ for m in mixtures]))
+        means = torch.tensor(np.stack([m.means_ for m in mixtures]))
+        if config.covariance_type == "full":
+            scale = torch.linalg.cholesky(torch.tensor(np.stack([m.covariances_ for m in mixtures])))
+        else:
+            scale = torch.diag_embed(torch.tensor(np.stack([m.covariances_ for m in mixtures])).sqrt())
+        return cls(weights, means, scale, config, per_class=labels is not None)
+
+    def _group(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
+        if not self.per_class:
+            return torch.zeros(n, dtype=torch.long)
+        if labels is None:
+            raise ValueError("a per-class prior needs the classes to sample")
+        return labels.cpu().long()
+
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` codes (on the CPU): a component by its weight, then mean + scale_tril @ eps."""
+        group = self._group(labels, n)
+        component = torch.multinomial(self.weights[group], 1, generator=generator).squeeze(1)
+        eps = torch.randn(n, self.latent_dim, 1, generator=generator)
+        return self.means[group, component] + (self.scale_tril[group, component] @ eps).squeeze(-1)
+
+    def log_likelihood(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-density of each code under its group's mixture (nats)."""
+        codes = codes.double().cpu()
+        group = self._group(labels, len(codes))
+        out = torch.empty(len(codes), dtype=torch.float64)
+        for g in group.unique().tolist():
+            rows = group == g
+            mixture = torch.distributions.MixtureSameFamily(
+                torch.distributions.Categorical(probs=self.weights[g].double()),
+                torch.distributions.MultivariateNormal(self.means[g].double(), scale_tril=self.scale_tril[g].double()))
+            out[rows] = mixture.log_prob(codes[rows])
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights.contiguous(), "means": self.means.contiguous(),
+                "scale_tril": self.scale_tril.contiguous()}
+
+    def settings(self) -> dict:
+        """What ``config.json`` records of the prior: its kind, settings and fit report."""
+        return {"kind": "gaussian_mixture", "per_class": self.per_class, **asdict(self.config), "fit": self.report}
+
+
+@torch.inference_mode()
+def encode(model, dataset: ImageDataset, device, autocast_dtype=None, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means (N, latent_dim, float32 on the CPU) and labels of every image in ``dataset``."""
+    codes, labels = [], []
+    for x, y in BatchLoader(dataset, batch_size, device, shuffle=False):
+        with autocast(x.device, autocast_dtype):
+            mu, _ = model.encoder(x, y if model.conditional else None)
+        codes.append(mu.float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(codes), torch.cat(labels)
+
+
+def fit_prior(model, train_set: ImageDataset, device, autocast_dtype=None, config: PriorConfig | None = None,
+              test_set: ImageDataset | None = None) -> tuple[GaussianMixturePrior, dict]:
+    """Fit ``model``'s prior to its codes of ``train_set``; returns it and a report (seconds, test log-likelihood)."""
+    config = config or PriorConfig()
+    started = time.perf_counter()
+    codes, labels = encode(model, train_set, device, autocast_dtype)
+    encoded = time.perf_counter()
+    prior = GaussianMixturePrior.fit(codes.numpy(), labels.numpy() if model.conditional else None, config,
+                                     num_classes=model.config.num_classes)
+    report = {"images": len(train_set), "encode_seconds": round(encoded - started, 2),
+              "fit_seconds": round(time.perf_counter() - encoded, 2),
+              "train_log_likelihood": float(prior.log_likelihood(codes, labels).mean())}
+    if test_set is not None:
+        test_codes, test_labels = encode(model, test_set, device, autocast_dtype)
+        report["test_log_likelihood"] = float(prior.log_likelihood(test_codes, test_labels).mean())
+    prior.report = report
+    return prior, report
+
+
+def save_prior(prior: GaussianMixturePrior, folder: str | os.PathLike) -> dict:
+    """Write ``prior.safetensors`` into ``folder``; returns the settings for ``config.json``."""
+    folder = Path(folder)
+    tmp = folder / (PRIOR_WEIGHTS + ".tmp")
+    save_file(prior.tensors(), str(tmp), metadata={"kind": "gaussian_mixture"})
+    os.replace(tmp, folder / PRIOR_WEIGHTS)
+    return prior.settings()
+
+
+def load_prior(folder: Path, settings: dict) -> GaussianMixturePrior:
+    """The prior that ``config.json``'s ``prior`` settings describe, from ``prior.safetensors`` in ``folder``."""
+    path = folder / PRIOR_WEIGHTS
+    try:
+        tensors = load_file(str(path))
+        known = {k: settings[k] for k in ("n_components", "covariance_type", "reg_covar", "max_iter", "seed") if k in settings}
+        return GaussianMixturePrior(tensors["weights"], tensors["means"], tensors["scale_tril"], PriorConfig(**known),
+                                    per_class=bool(settings["per_class"]), report=settings.get("fit"))
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read the fitted prior {path} ({exc}); fit it again with: cifargen fit-prior "
+                          f"{folder}") from None
+
+
+def nearest_neighbour_ratio(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor, chunk: int = 250) -> float:
+    """Median distance from each sample to its nearest training image, over the same for test
+    images: about 1 for a sampler that generates, well below 1 for one that copies training images.
+
+    All three are float image tensors (N, C, H, W) in [0, 1]; distances are Euclidean in pixel space.
+    """
+    train_flat = train.flatten(1).float()
+
+    def nearest(images: torch.Tensor) -> torch.Tensor:
+        flat = images.flatten(1).float()
+        return torch.cat([torch.cdist(flat[i:i + chunk], train_flat).min(1).values for i in range(0, len(flat), chunk)])
+
+    ratio = nearest(samples).median() / nearest(test).median()
+    return float(ratio) if math.isfinite(float(ratio)) else float("nan")
