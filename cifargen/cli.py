@@ -14,18 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from .api import evaluate_model, train
+from .api import check_classes, evaluate_model, export_best_model, fit_run_prior, train
 from .configs import config_from_dict, flatten, parse_setting, read_config_file, with_settings
 from .data import DATA_DIR_ENV, default_data_dir, load_dataset
 from .errors import CifargenError, ConfigError
 from .modelfile import load
 from .plotting import plot_confusion
-from .quality import (inception_metrics, load_reference_classifier, real_image_reference, reference_classifier_path,
-                      sample_quality)
+from .priors import PriorConfig
+from .quality import (inception_metrics, load_reference_classifier, quality_report, real_image_reference,
+                      reference_classifier_path)
 from .recipes.classifier import CACHE_ENV
 from .registry import GENERATORS, MODELS, default_config, model_kind
 from .runtime import resolve_device, resolve_precision
-from .sampling import write_samples
+from .sampling import default_prior, write_samples
 from .training import CHECKPOINT, load_checkpoint
 
 
@@ -191,7 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=_positive_int, default=100, help="number of samples (default: 100)")
     sample.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     sample.add_argument("--interpolate", action="store_true", help="also interpolate between the z of two seeds")
+    sample.add_argument("--prior", choices=["fitted", "standard"],
+                        help="VAE/CVAE: sample the fitted prior or z ~ N(0, I) (default: fitted when the model has one)")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+    fit = commands.add_parser("fit-prior", help="fit a VAE/CVAE's latent prior to its training codes",
+                              description="Encode the training images with a trained VAE or CVAE, fit a Gaussian "
+                                          "mixture to their codes (one per class for the CVAE) and store it in the "
+                                          "model file; `cifargen sample` and `eval` then use it. `cifargen train` "
+                                          "does this at the end of every VAE/CVAE run.")
+    fit.add_argument("run", help="run folder of a vae or cvae (also one whose training stopped early)")
+    defaults = PriorConfig()
+    fit.add_argument("--components", type=_positive_int, default=defaults.n_components,
+                     help=f"mixture components per mixture (default: {defaults.n_components})")
+    fit.add_argument("--covariance", choices=["full", "diag"], default=defaults.covariance_type,
+                     help=f"covariance of each component (default: {defaults.covariance_type})")
+    fit.add_argument("--reg-covar", type=_non_negative_float, default=defaults.reg_covar,
+                     help=f"added to every covariance's diagonal (default: {defaults.reg_covar})")
+    fit.add_argument("--data-dir", help="data folder (default: the one the model was trained with)")
+    fit.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    fit.add_argument("--no-quality", dest="quality", action="store_false",
+                     help="skip the sample-quality figures (computed when a reference classifier exists)")
     return parser
 
 
@@ -263,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             run_eval(args)
         elif args.command == "sample":
             run_sample(args)
+        elif args.command == "fit-prior":
+            report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar),
+                                   resolve_device(args.device), args.data_dir, args.quality)
+            print(json.dumps(report, indent=2))
         return 0
     except CifargenError as exc:
         print(f"cifargen: error: {exc}", file=sys.stderr)
@@ -275,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_eval(args: argparse.Namespace) -> dict:
     """``cifargen eval``: load the model, evaluate it on the test set, print a table or JSON."""
     device = resolve_device(args.device)
-    model = load(args.run, device)
+    model = load(export_best_model(args.run, device) if Path(args.run).is_dir() else args.run, device)
     kind = model_kind(model.kind)
     training = model.model_config.get("training", {})
     trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")
@@ -283,13 +308,15 @@ def run_eval(args: argparse.Namespace) -> dict:
     dtype = resolve_precision(precision, device)
     data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
     test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
+    check_classes(model, test_set)
     figures = evaluate_model(model, test_set, device, dtype)
     if not kind.generative and args.quality:
         train_set = load_dataset(data_dir, train=True)
         reference = real_image_reference(model, train_set, test_set, device, dtype, n=args.quality_samples)
         figures.update({f"real_{k}": v for k, v in reference.items()})
     elif args.quality:
-        figures.update(_quality_figures(args, model, test_set, device, dtype))
+        train_set = load_dataset(data_dir, train=True).head(training.get("limit_train"))
+        figures.update(_quality_figures(args, model, train_set, test_set, device, dtype))
     if args.confusion:
         if "confusion" not in figures:
             raise ConfigError(f"--confusion: a {model.kind} model has no class predictions to plot; it is for acgan runs")
@@ -305,6 +332,10 @@ def run_eval(args: argparse.Namespace) -> dict:
     else:
         rows = [(k, v) for k, v in figures.items() if isinstance(v, float)]
         rows += [(f"accuracy[{name}]", v) for name, v in figures.get("per_class_accuracy", {}).items()]
+        quality = figures.get("quality", {})
+        sections = {name: part for name, part in quality.items() if isinstance(part, dict) and name != "classifier"}
+        rows += [(f"{name}: {k}", v) for name, part in sections.items() for k, v in part.items() if isinstance(v, float)]
+        rows += [(k, v) for k, v in quality.items() if isinstance(v, float)]
         width = max(len(k) for k, _ in rows)
         print(f"{model.kind} on {len(test_set)} test images ({device}, {precision})")
         for key, value in rows:
@@ -312,7 +343,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     return result
 
 
-def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -> dict:
+def _quality_figures(args: argparse.Namespace, model, train_set, test_set, device, dtype) -> dict:
     """Sample-quality figures for ``cifargen eval``; each missing piece is one line on stderr, never an error."""
     def note(line: str) -> None:
         print(line, file=sys.stderr)
@@ -326,7 +357,8 @@ def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -
         note(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
              "(train one with: cifargen classifier train)")
     else:
-        figures.update(sample_quality(model, classifier, test_set, device, dtype, n=args.quality_samples))
+        figures["quality"] = quality_report(model, classifier, test_set, device, dtype, n=args.quality_samples,
+                                            train_set=train_set)
     inception = inception_metrics(model, test_set, device, args.inception_weights, n=args.quality_samples, log=note)
     figures.update(inception or {})
     return figures
@@ -335,12 +367,14 @@ def _quality_figures(args: argparse.Namespace, model, test_set, device, dtype) -
 def run_sample(args: argparse.Namespace) -> None:
     """``cifargen sample``: write sample grids from a trained model."""
     device = resolve_device(args.device)
-    model = load(args.run, device)
+    model = load(export_best_model(args.run, device) if Path(args.run).is_dir() else args.run, device)
     if not model_kind(model.kind).generative:
         raise ConfigError(f"{args.run} holds a {model.kind}, which does not generate images; "
                           f"pass a {'/'.join(GENERATORS)} run")
+    prior = args.prior or default_prior(model)
+    print(f"sampling the {prior} prior" + (" (z ~ N(0, I))" if prior == "standard" else ""), file=sys.stderr)
     try:
-        paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, device)
+        paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, prior)
     except OSError as exc:
         raise ConfigError(f"cannot write to --out {args.out} ({exc.strerror or exc}); choose a writable folder") from None
     for path in paths:

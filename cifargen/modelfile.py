@@ -96,4 +96,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         model.fitted_prior = load_prior(weights.parent, config["prior"])
     model.class_names = tuple(config.get("class_names", ()))
     model.model_config = config
+    model.weights_path = weights
     return model

@@ -20,6 +20,7 @@ Inception weights are on this machine (:func:`inception_metrics`); otherwise the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -29,12 +30,14 @@ import torch
 from scipy import linalg
 from scipy.spatial.distance import pdist
 
-from .data import BatchLoader, ImageDataset
+from .data import BatchLoader, ImageDataset, to_float
 from .modelfile import WEIGHTS, load
+from .priors import nearest_neighbour_ratio
 from .recipes.classifier import default_classifier_dir
 from .runtime import autocast
 
 QUALITY_SAMPLES = 10_000
+NN_SAMPLES = 1000  # samples (and test images) whose nearest training image is looked up
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -100,8 +103,8 @@ def within_class_spread(features: np.ndarray, labels: np.ndarray, per_class: int
     return float(np.mean(spreads))
 
 
-def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
-    """Yield ``(images, classes or None)`` for ``n`` samples of a generator, ``batch_size`` at a time.
+def generated_batches(model, n: int, seed: int, device, batch_size: int = 500, prior: str = "standard"):
+    """Yield ``(images, classes or None)`` for ``n`` samples of a generator from ``prior``, ``batch_size`` at a time.
 
     Conditional models get balanced classes (``i % classes`` for sample i), so every class
     counts equally in the class consistency.
@@ -110,7 +113,7 @@ def generated_batches(model, n: int, seed: int, device, batch_size: int = 500):
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         y = (torch.arange(start, start + count) % model.config.num_classes).to(device) if model.conditional else None
-        images, labels = model.generate(count, y, generator=generator)
+        images, labels = model.generate(count, y, generator=generator, prior=prior)
         yield images.float(), labels
 
 
@@ -125,14 +128,50 @@ def _labelled_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 @torch.inference_mode()
 def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
-                   n: int = QUALITY_SAMPLES, seed: int = 0) -> dict[str, float]:
-    """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` and ``diversity`` of ``n`` samples."""
+                   n: int = QUALITY_SAMPLES, seed: int = 0, prior: str = "standard",
+                   train_set: ImageDataset | None = None) -> dict[str, float]:
+    """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` and ``diversity``
+    of ``n`` samples from ``prior``; with ``train_set``, also ``nn_ratio`` (see
+    :func:`~cifargen.priors.nearest_neighbour_ratio`: well below 1 means copies of training images)."""
+    kept = []
+
+    def images():
+        for x, y in generated_batches(model, n, seed, device, prior=prior):
+            if sum(len(k[0]) for k in kept) < NN_SAMPLES:
+                kept.append((x.cpu(), y))
+            yield x, y
+
+    figures = _figures_of(classifier, images(), test_set, device, autocast_dtype)
+    if train_set is not None:
+        samples = torch.cat([x for x, _ in kept])[:NN_SAMPLES]
+        figures["nn_ratio"] = nearest_neighbour_ratio(samples, to_float(train_set.images), to_float(test_set.images[:NN_SAMPLES]))
+    figures["quality_samples"] = n
+    return figures
+
+
+@torch.inference_mode()
+def reconstruction_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
+    """The same figures for a VAE's reconstructions of the test images (decoded posterior means):
+    the ceiling of any prior, since a prior can at best hand the decoder codes like these."""
+    def images():
+        for x, y in BatchLoader(test_set, 500, device, shuffle=False):
+            with autocast(x.device, autocast_dtype):
+                mu, _ = model.encoder(x, y if model.conditional else None)
+                recon = model.decode(mu, y)
+            yield recon.float(), (y if model.conditional else None)
+
+    figures = _figures_of(classifier, images(), test_set, device, autocast_dtype)
+    figures["quality_samples"] = len(test_set)
+    return figures
+
+
+def _figures_of(classifier, batches, test_set: ImageDataset, device, autocast_dtype) -> dict[str, float]:
+    """Sample-quality figures of ``(images, classes or None)`` batches against the test images."""
     _, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
-    test_labels = test_set.labels.numpy()
     labels = []
 
     def images():
-        for x, y in generated_batches(model, n, seed, device):
+        for x, y in batches:
             if y is not None:
                 labels.append(y.cpu())
             yield x
@@ -142,9 +181,36 @@ def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_d
     if labels:
         labels = torch.cat(labels).numpy()
         figures["class_consistency"] = class_consistency(probs, labels)
-        figures["diversity"] = within_class_spread(features, labels) / within_class_spread(test_features, test_labels)
-    figures["quality_samples"] = n
+        figures["diversity"] = within_class_spread(features, labels) / within_class_spread(test_features,
+                                                                                           test_set.labels.numpy())
     return figures
+
+
+def quality_report(model, classifier, test_set: ImageDataset, device, autocast_dtype=None, n: int = QUALITY_SAMPLES,
+                   train_set: ImageDataset | None = None) -> dict:
+    """Every sample-quality figure of a generator, with the classifier that measured them.
+
+    A model with a latent prior to choose (VAE, CVAE) gets one set per prior, ``standard`` and
+    (once fitted) ``fitted``, and ``reconstruction``, the ceiling; others get one set.
+    """
+    if hasattr(model, "fitted_prior"):
+        priors = ["standard"] + (["fitted"] if model.fitted_prior is not None else [])
+        report = {prior: sample_quality(model, classifier, test_set, device, autocast_dtype, n, prior=prior,
+                                        train_set=train_set) for prior in priors}
+        report["reconstruction"] = reconstruction_quality(model, classifier, test_set, device, autocast_dtype)
+    else:
+        report = sample_quality(model, classifier, test_set, device, autocast_dtype, n, train_set=train_set)
+    report["classifier"] = classifier_identity(classifier)
+    return report
+
+
+def classifier_identity(classifier) -> dict:
+    """Which reference classifier measured a figure: its weights' SHA-256 and its test accuracy."""
+    identity = {"test_accuracy": (classifier.model_config.get("metrics", {}).get("best") or {}).get("accuracy")}
+    weights = getattr(classifier, "weights_path", None)
+    if weights is not None:
+        identity["sha256"] = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    return identity
 
 
 def real_image_quality(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:

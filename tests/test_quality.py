@@ -1,6 +1,7 @@
 """Sample-quality figures: Frechet distance, IS analogue, class consistency, the reference
 classifier and the eval/train integration."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from scipy.stats import entropy
 
 from cifargen import default_config, load, train
 from cifargen.cli import main
+from cifargen.configs import with_settings
 from cifargen.data import load_dataset
 from cifargen.evaluation import classifier_accuracy
 from cifargen.models import Classifier, ClassifierConfig
@@ -111,24 +113,37 @@ def test_sample_quality_of_a_generator(reference_classifier, cifar_root, tmp_pat
     model = CVAE(VAEConfig(width=8, latent_dim=8)).eval()
     figures = sample_quality(model, classifier, test_set, "cpu", n=300)
     assert set(figures) == {"fd_cifargen", "is_cifargen", "class_consistency", "diversity", "quality_samples"}
+    with_ratio = sample_quality(model, classifier, test_set, "cpu", n=300, train_set=load_dataset(cifar_root, train=True))
+    assert {k: v for k, v in with_ratio.items() if k != "nn_ratio"} == figures and with_ratio["nn_ratio"] > 0
     assert figures["fd_cifargen"] > 0 and 1.0 <= figures["is_cifargen"] <= 10.0 and figures["diversity"] > 0
     assert sample_quality(model, classifier, test_set, "cpu", n=300) == figures  # seeded: repeatable
 
 
-def test_training_writes_quality_and_eval_reproduces_it(reference_classifier, cifar_root, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CIFARGEN_CACHE", str(reference_classifier.parent))
-    (reference_classifier.parent / "classifier").symlink_to(reference_classifier)
+@pytest.mark.parametrize("model", ["cvae", "acgan"])
+def test_training_writes_quality_and_eval_reproduces_it(model, reference_classifier, cifar_root, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.setenv("CIFARGEN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "classifier").symlink_to(reference_classifier)
     out = tmp_path / "run"
-    config = default_config("cvae", data_dir=str(cifar_root), out=str(out), epochs=1, **QUICK)
-    config.arch.width, config.arch.latent_dim = 8, 16
-    metrics = train(config)
-    quality = metrics["quality"]
+    config = with_settings(default_config(model, data_dir=str(cifar_root), out=str(out), epochs=1, **QUICK),
+                           {"arch.width": 8, "arch.latent_dim": 16})
+    quality = train(config)["quality"]
     assert json.loads((out / "metrics.json").read_text())["quality"] == quality
+    digest = hashlib.sha256((reference_classifier / "model.safetensors").read_bytes()).hexdigest()
+    assert quality["classifier"]["sha256"] == digest and quality["classifier"]["test_accuracy"] > 0
+    # A VAE-family model reports each prior and the reconstruction ceiling; the AC-GAN one set.
+    sections = [quality[name] for name in ("standard", "fitted", "reconstruction")] if model == "cvae" else [quality]
     capsys.readouterr()
     assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    for key in ("fd_cifargen", "is_cifargen", "class_consistency", "diversity"):
-        assert printed[key] == pytest.approx(quality[key], rel=1e-4, abs=1e-4)
+    printed = json.loads(capsys.readouterr().out)["quality"]
+    printed_sections = [printed[n] for n in ("standard", "fitted", "reconstruction")] if model == "cvae" else [printed]
+    for saved, again in zip(sections, printed_sections):
+        for key in ("fd_cifargen", "is_cifargen", "class_consistency", "diversity"):
+            assert again[key] == pytest.approx(saved[key], rel=1e-4, abs=1e-4), key
+    if model == "cvae":  # a different prior gives different samples
+        assert quality["fitted"]["fd_cifargen"] != quality["standard"]["fd_cifargen"]
+        assert 0 < quality["fitted"]["nn_ratio"] < 10
 
 
 def test_quality_is_skipped_with_one_line_without_a_classifier(cifar_root, tmp_path, capsys):

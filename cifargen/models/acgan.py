@@ -112,16 +112,17 @@ class ACGAN(nn.Module):
         """Images in [0, 1] from latent codes ``z`` and classes ``y``."""
         return self.generator(z, y)
 
+    def latents(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None,
+                prior: str = "standard") -> torch.Tensor:
+        """``n`` codes z ~ N(0, I), the generator's only prior (it was trained on it)."""
+        if prior != "standard":
+            raise ConfigError(f"an AC-GAN samples only its standard prior z ~ N(0, I), not {prior!r}")
+        return standard_normal_latents(n, self.config.latent_dim, generator, next(self.parameters()).device)
+
     @torch.no_grad()
     def generate(self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None,
                  prior: str = "standard") -> Samples:
-        """``n`` images from z ~ N(0, I) for classes ``y`` (uniform at random when None).
-
-        The generator was trained on N(0, I), its only prior: ``prior`` must be ``"standard"``.
-        """
-        if prior != "standard":
-            raise ConfigError(f"an AC-GAN samples only its standard prior z ~ N(0, I), not {prior!r}")
-        device = next(self.parameters()).device
-        z = standard_normal_latents(n, self.config.latent_dim, generator, device)
-        labels = sample_classes(n, self.config.num_classes, y, generator, device)
+        """``n`` images from z ~ N(0, I) for classes ``y`` (uniform at random when None)."""
+        z = self.latents(n, None, generator, prior)
+        labels = sample_classes(n, self.config.num_classes, y, generator, z.device)
         return Samples(self.decode(z, labels), labels)

@@ -112,7 +112,8 @@ class VAERecipe(Recipe):
             prior, extra["prior"] = fit_prior(self.model, train_set, self.device, self.autocast_dtype, self.config.prior,
                                               test_set)
             self.model.fitted_prior = prior
-        self.save_random_samples(out_dir / "random.png", metrics["best_epoch"])
+        save_random_samples(self.model, self.class_names, out_dir / "random.png", self.config.seed,
+                            f"{self.config.model.upper()}: samples of the best checkpoint (epoch {metrics['best_epoch']})")
         extra.update({"kl_weights": [h["kl_weight"] for h in history],
                       "kl_weight_at_best": history[metrics["best_epoch"] - 1]["kl_weight"]})
         if self.autocast_dtype is not None:
@@ -120,19 +121,18 @@ class VAERecipe(Recipe):
             extra["best_fp32"] = self.evaluate(test_set, autocast_dtype=None)
         return extra
 
-    def save_random_samples(self, path: Path, best_epoch: int) -> None:
-        """``random.png``: 20 samples of z ~ N(0, I), then (with a fitted prior) 20 of the fitted prior
-        for the same classes, labelled."""
-        images, classes = self.model.generate(NUM_RANDOM_SAMPLES, generator=torch.Generator().manual_seed(self.config.seed))
-        blocks, row_labels = [images], ["N(0, I)"] * 2
-        if self.model.fitted_prior is not None:
-            fitted, _ = self.model.generate(NUM_RANDOM_SAMPLES, classes, torch.Generator().manual_seed(self.config.seed),
-                                            prior="fitted")
-            blocks.append(fitted)
-            row_labels += ["fitted prior"] * 2
-        names = None if classes is None else [self.class_names[int(c)] for c in classes] * len(blocks)
-        save_labelled_grid(denormalize(torch.cat(blocks)), path, labels=names, row_labels=row_labels,
-                           title=f"{self.config.model.upper()}: samples of the best checkpoint (epoch {best_epoch})")
+
+def save_random_samples(model, class_names, path: Path, seed: int, title: str) -> None:
+    """``random.png``: 20 samples of z ~ N(0, I), then (with a fitted prior) 20 of the fitted prior
+    for the same classes, each row named by its prior and each sample by its class."""
+    images, classes = model.generate(NUM_RANDOM_SAMPLES, generator=torch.Generator().manual_seed(seed))
+    blocks, row_labels = [images], ["N(0, I)"] * 2
+    if model.fitted_prior is not None:
+        fitted, _ = model.generate(NUM_RANDOM_SAMPLES, classes, torch.Generator().manual_seed(seed), prior="fitted")
+        blocks.append(fitted)
+        row_labels += ["fitted prior"] * 2
+    names = None if classes is None else [class_names[int(c)] for c in classes] * len(blocks)
+    save_labelled_grid(denormalize(torch.cat(blocks)), path, labels=names, row_labels=row_labels, title=title)
 
 
 class CVAERecipe(VAERecipe):
