@@ -153,3 +153,20 @@ def test_the_reference_runs_every_layer_in_the_standard_layout(model_name):
         else:
             model.discriminator(model.generator(torch.randn(2, model.config.latent_dim), y))
     assert layouts == {True}
+
+
+def test_prior_sweep_fits_each_setting_on_the_same_codes(cifar_root, tmp_path):
+    import json
+
+    from cifargen import default_config, train
+    from prior_sweep import main as sweep_main
+
+    run = tmp_path / "run"
+    train(default_config("cvae", data_dir=str(cifar_root), out=str(run), epochs=1, limit_train=200, limit_test=60,
+                         progress=False, threads=2, fit_prior=False))
+    out = tmp_path / "sweep.json"
+    assert sweep_main([str(run), "--grid", "1:full:1e-4", "2:diag:1e-3", "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert table["per_class"] is True and table["codes"] == 200 and table["test_codes"] == 60
+    assert [row["setting"] for row in table["rows"]] == ["1:full:1e-4", "2:diag:1e-3"]
+    assert all(row["train_log_likelihood"] > row["test_log_likelihood"] for row in table["rows"])  # fitted to train
