@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from .errors import DataError
 
@@ -201,8 +203,6 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
     The download goes to a ``.part`` file that is removed on any failure, so a broken
     download never looks like data. Offline, fails at once with instructions.
     """
-    from tqdm.auto import tqdm
-
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -254,8 +254,6 @@ def load_image_folder(root: str | os.PathLike, image_size: int = 32,
     even if a class folder is missing there. Images are converted to RGB and must be
     ``image_size`` pixels square (resize yours first).
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist: pass --data-dir pointing at root/<class>/*.png")

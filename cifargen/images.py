@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 import torch
 
 
@@ -38,6 +39,4 @@ def make_grid(images: np.ndarray, ncols: int, padding: int = 2, pad_value: int =
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     """Write a uint8 (H, W, 3) array as a PNG file."""
-    from PIL import Image
-
     Image.fromarray(array).save(path)

@@ -12,6 +12,7 @@ import numpy as np
 
 
 def _pyplot():
+    """pyplot on the file-only Agg backend, chosen before pyplot's first import (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")

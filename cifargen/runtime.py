@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import random
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .errors import ConfigError
 
@@ -57,14 +60,11 @@ def keep_freed_memory_for_reuse() -> bool:
 
     By default a block this large is mapped from the system on allocation and unmapped on free,
     so every activation of every step pays fresh page faults: 8% of an AC-GAN step on 2 cores
-    (README). The setting holds for the whole process and turns off glibc's own threshold
+    (docs/DECISIONS.md). The setting holds for the whole process and turns off glibc's own threshold
     adjustment: up to 1 GiB of freed memory stays with the process. Returns True when glibc took
     both settings, False otherwise (not glibc: nothing changes; an allocator preloaded in glibc's
     place ignores it).
     """
-    import ctypes
-    import ctypes.util
-
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -167,8 +167,6 @@ def distributed_env() -> tuple[int, int, int]:
 
 def init_distributed(device: torch.device) -> torch.device:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU); returns this rank's device."""
-    import torch.distributed as dist
-
     rank, world_size, local_rank = distributed_env()
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -180,8 +178,6 @@ def init_distributed(device: torch.device) -> torch.device:
 
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce across ranks when distributed; a no-op otherwise."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return tensor

@@ -54,5 +54,5 @@ class KLSchedule:
 
 
 def lr_milestones(epochs: int, fractions: tuple[float, ...]) -> list[int]:
-    """Epochs at which the learning rate drops, as fractions of the run (40/60 and 50/60 by default)."""
+    """Epochs after which the learning rate drops, from fractions of the run (``(0.5,)``: after epoch 15 of 30)."""
     return sorted({max(1, round(f * epochs)) for f in fractions if round(f * epochs) < epochs})

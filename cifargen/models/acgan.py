@@ -18,7 +18,7 @@ from .vae import Decoder, Samples, VAEConfig, leaky_relu, sample_classes, standa
 
 @dataclass
 class ACGANConfig:
-    """Architecture of the AC-GAN. The defaults are the ones behind the README's results."""
+    """Architecture of the AC-GAN. The defaults are the ones behind the headline results (docs/DECISIONS.md)."""
 
     latent_dim: int = 128
     width: int = 32            # generator: channels before the image, as the VAE decoder

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 
 @dataclass
 class ClassifierConfig:
-    """Architecture of the reference classifier. The defaults are the ones behind README's figure."""
+    """Architecture of the reference classifier. The defaults are the ones behind the headline accuracy."""
 
     width: int = 32
     num_levels: int = 4        # resolutions 32, 16, 8, 4

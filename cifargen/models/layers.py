@@ -1,18 +1,15 @@
-"""Layers that compute what a ``torch.nn`` layer computes, faster where it is slow on the CPU.
+"""Layers that compute what a ``torch.nn`` layer computes, faster where it is slow on the CPU
+(the measurements behind each are in docs/DECISIONS.md).
 
-- :class:`Dropout`: ``nn.Dropout`` draws one Bernoulli sample per element, about 7 ns each on a
-  CPU core (28 ms for a 128x32x32x32 activation and its gradient on 2 cores, a seventh of an
-  AC-GAN step). Cutting 64-bit random words into four 16-bit integers and comparing them with a
-  threshold gives the same keep/drop distribution for a seventh of the time.
+- :class:`Dropout`: ``nn.Dropout`` draws one Bernoulli sample per element, which is slow on a
+  CPU; cutting 64-bit random words into four 16-bit integers and comparing them with a threshold
+  gives the same keep/drop distribution far faster.
 - :func:`group_norm`: the CPU's bfloat16 channels-last GroupNorm kernel is slow when a group has
-  fewer than 16 channels (12.6 ms forward and backward at 128x32x32x32 with 4 channels per group,
-  1.6 ms with 16), so the discriminator's groups are sized in channels, 16 by default.
+  fewer than 16 channels, so the discriminator's groups are sized in channels, 16 by default.
 - :class:`Flatten` and :class:`Unflatten`: the seam between convolutions (channels-last) and
   linear layers. ``nn.Flatten`` hands its gradient back in the standard layout and
-  ``nn.Unflatten`` returns one, so the activation beside the seam sees two layouts at once and
-  falls back to a slow strided kernel (0.6 ms instead of 0.02 ms for a 64x256x4x4 LeakyReLU
-  backward), and the transposed convolution after ``Unflatten`` converts its input. These keep
-  one layout on both sides of the seam.
+  ``nn.Unflatten`` returns one, so the activation beside the seam would see two layouts at once
+  and fall back to a slow strided kernel. These keep one layout on both sides of the seam.
 """
 
 from __future__ import annotations
