@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cifargen import default_config, train
-from cifargen.errors import ConfigError, TrainingError
+from cifargen.errors import ConfigError, DataError, TrainingError
 from cifargen.recipes.acgan import ACGANRecipe
 
 QUICK = dict(limit_train=256, limit_test=120, progress=False, threads=2)
@@ -110,6 +110,38 @@ def test_existing_run_is_not_overwritten(cifar_root, tmp_path):
     assert (tmp_path / "metrics.json").read_text() == before
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_started(cifar_root, tmp_path):
+    run("vae", cifar_root, tmp_path, epochs=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(DataError):  # a limit larger than the data: nothing trained, nothing lost
+        run("vae", cifar_root, tmp_path, epochs=1, overwrite=True, limit_train=100_000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    (tmp_path / "notes.txt").write_text("mine")
+    run("vae", cifar_root, tmp_path, epochs=1, overwrite=True)  # a real start replaces the run...
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # ...and removes only cifargen's own files
+
+
+def test_remove_run_outputs_removes_only_the_recipes_and_the_loops_files(tmp_path):
+    from cifargen.training import remove_run_outputs
+
+    for name in ("metrics.json", "last.pt", "E3.png", "random.png", "prior.safetensors", "E3x.png", "mine.png"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "model.safetensors").write_text("x")
+    remove_run_outputs(tmp_path, (r"E\d+\.png", r"random\.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E3x.png", "mine.png"]
+
+
+def test_an_empty_checkpoint_is_refused_in_one_line_without_a_destructive_hint(tmp_path):
+    from cifargen.training import load_checkpoint
+
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(ConfigError) as caught:
+        load_checkpoint(tmp_path / "last.pt", "cpu")
+    message = str(caught.value)
+    assert "cannot load checkpoint" in message and "--overwrite" not in message and "\n" not in message
+
+
 def test_non_finite_loss_stops_with_epoch_and_step(cifar_root, tmp_path, monkeypatch):
     from cifargen.recipes.vae import VAERecipe
 
@@ -124,8 +156,9 @@ def test_non_finite_loss_stops_with_epoch_and_step(cifar_root, tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(VAERecipe, "train_step", poisoned)
-    with pytest.raises(TrainingError, match=r"epoch 2, step 2.*last good checkpoint .*last.pt \(epoch 1\)"):
+    with pytest.raises(TrainingError, match=r"epoch 2, step 2.*last good checkpoint .*last.pt \(epoch 1\)") as caught:
         run("vae", cifar_root, tmp_path, epochs=3, batch_size=64)
+    assert "--lr" not in str(caught.value)  # no guessed cause
     # What was written before the fault is intact: epoch 1's checkpoint and metrics.
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and len(state["history"]) == 1
