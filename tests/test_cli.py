@@ -105,3 +105,34 @@ def test_resume_refuses_flags_that_change_the_run(cifar_root, tmp_path, capsys):
     for changed in (["--lr", "0.1"], ["--kl-ramp-from", "0.5"], ["--latent-dim", "8"], ["--epochs", "3"]):
         assert main(["train", "vae", "--resume", str(run_dir), *changed, *common]) == 2
         assert "cannot change when resuming" in capsys.readouterr().err
+
+
+def test_a_run_is_reproduced_from_its_config_file_and_set_reaches_nested_fields(cifar_root, tmp_path, capsys):
+    common = ["--data-dir", str(cifar_root), "--no-progress"]
+    first = tmp_path / "first"
+    assert main(["train", "vae", "--out", str(first), "--epochs", "1", "--limit-train", "64", "--limit-test", "30",
+                 "--set", "arch.width=8", "--set", "arch.latent_dim=16", "--set", "fit_prior=false", *common]) == 0
+    saved = json.loads((first / "metrics.json").read_text())
+    assert saved["config"]["arch"]["width"] == 8 and saved["config"]["fit_prior"] is False
+    again = tmp_path / "again"
+    assert main(["train", "vae", "--config", str(first / "config.json"), "--out", str(again), *common]) == 0
+    strip = lambda m: [{k: v for k, v in e.items() if k != "seconds"} for e in m["history"]]  # noqa: E731
+    assert strip(json.loads((again / "metrics.json").read_text())) == strip(saved)
+    capsys.readouterr()
+    assert main(["train", "cvae", "--config", str(first / "config.json"), "--out", str(tmp_path / "x"), *common]) == 2
+    assert "configures vae, not cvae" in capsys.readouterr().err
+    assert main(["train", "vae", "--set", "arch.widht=8", "--out", str(tmp_path / "y"), *common]) == 2
+    assert "has no setting 'widht'" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()  # refused before anything was created
+
+
+def test_train_does_not_modify_the_configuration_it_is_given(cifar_root, tmp_path):
+    import dataclasses
+
+    from cifargen import default_config, train
+
+    config = default_config("vae", data_dir=str(cifar_root), epochs=1, limit_train=64, limit_test=30, progress=False,
+                            out=str(tmp_path / "run"), fit_prior=False)
+    before = dataclasses.asdict(config)
+    train(config)
+    assert dataclasses.asdict(config) == before

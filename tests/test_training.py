@@ -290,3 +290,21 @@ def test_acgan_config_rejects_bad_schedule_values():
         default_config("acgan", lr_decay_from=1.5).validate()
     with pytest.raises(ConfigError, match="mode_seeking"):
         default_config("acgan", mode_seeking=-1.0).validate()
+
+
+def test_a_last_batch_of_one_image_trains_the_acgan(cifar_root, tmp_path):
+    from cifargen.recipes.acgan import mode_seeking_loss
+
+    one = torch.rand(1, 3, 32, 32, requires_grad=True)
+    assert mode_seeking_loss(one, torch.randn(1, 8)).item() == 0.0
+    metrics = run("acgan", cifar_root, tmp_path, epochs=1, limit_train=65, batch_size=64)  # batches of 64 and 1
+    assert metrics["finished"] and np.isfinite(metrics["history"][0]["train"]["g_loss"])
+
+
+@pytest.mark.parametrize("epochs, steps_per_epoch, expected", [(30, 782, 500), (5, 79, 20), (1, 2, 1)])
+def test_the_warm_up_scales_with_short_runs_and_keeps_the_default(epochs, steps_per_epoch, expected):
+    from cifargen.recipes.vae import VAERecipe
+
+    config = default_config("vae", epochs=epochs, progress=False)
+    recipe = VAERecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=steps_per_epoch)
+    assert recipe.step_schedulers["warmup"].total_iters == expected

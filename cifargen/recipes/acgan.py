@@ -73,6 +73,8 @@ def frozen_running_stats(module: torch.nn.Module):
 def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """MSGAN's term: 1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over the pairs (first half, last half)."""
     half = images.shape[0] // 2
+    if half == 0:  # a batch of one image has no pair
+        return images.new_zeros((), dtype=torch.float32)
     first, last = slice(0, half), slice(images.shape[0] - half, None)
     ratio = (images[first].float() - images[last].float()).abs().mean() / (z[first] - z[last]).abs().mean()
     return 1.0 / (ratio + eps)

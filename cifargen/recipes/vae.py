@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..data import ImageDataset, to_float
+from ..errors import ConfigError
 from ..evaluation import evaluate_vae, reconstruct
 from ..images import denormalize
 from ..losses import kl_per_sample, reconstruction_terms
@@ -37,8 +38,16 @@ class VAETrainConfig(TrainConfig):
     lr_decay_factor: float = 0.1
     # Linear learning-rate warm-up: Adam's first, sign-like steps otherwise throw log_var far up.
     warmup_steps: int = 500
+    warmup_fraction: float = 0.05  # ...but at most this fraction of the run, so that short runs leave it
     fit_prior: bool = True         # fit a Gaussian mixture to the training codes after training (cifargen.priors)
     prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.warmup_fraction <= 1:
+            raise ConfigError(f"warmup_fraction is a fraction of the run in (0, 1], got {self.warmup_fraction}")
 
 
 class VAERecipe(Recipe):
@@ -59,9 +68,10 @@ class VAERecipe(Recipe):
         self.optimizers = {"model": self.optimizer}
         self.schedulers = {"model": torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, lr_milestones(config.epochs, config.lr_decay_at), config.lr_decay_factor)}
+        warmup = min(config.warmup_steps, max(1, round(config.warmup_fraction * config.epochs * steps_per_epoch)))
         if config.warmup_steps > 0:
             self.step_schedulers = {"warmup": torch.optim.lr_scheduler.LinearLR(
-                self.optimizer, start_factor=1.0 / config.warmup_steps, total_iters=config.warmup_steps)}
+                self.optimizer, start_factor=1.0 / warmup, total_iters=warmup)}
         self.kl_weight = 0.0
 
     def export_model(self):
