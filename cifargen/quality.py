@@ -213,13 +213,6 @@ def classifier_identity(classifier) -> dict:
     return identity
 
 
-def real_image_quality(classifier, dataset: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
-    """The same figures for real images (the ceiling a generator can reach): class consistency
-    with their true labels and the Inception-Score analogue."""
-    probs, _ = classifier_outputs(classifier, _real_images(dataset, device), autocast_dtype)
-    return _labelled_figures(probs, dataset.labels.numpy())
-
-
 def real_image_reference(classifier, train_set: ImageDataset, test_set: ImageDataset, device, autocast_dtype=None,
                          n: int = QUALITY_SAMPLES) -> dict[str, float]:
     """What real images score, the row to read generators' figures against: the test images'

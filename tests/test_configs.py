@@ -8,7 +8,7 @@ from cifargen.configs import config_from_dict, flatten, read_config_file, with_s
 from cifargen.errors import ConfigError
 from cifargen.modelfile import build_model, load, save_model
 from cifargen.models import ACGAN, VAE, ACGANConfig, VAEConfig
-from cifargen.registry import default_config, model_kind
+from cifargen.registry import model_kind
 from cifargen.recipes.acgan import ACGANTrainConfig
 from cifargen.recipes.vae import VAETrainConfig
 

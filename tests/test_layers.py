@@ -1,11 +1,9 @@
-import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from cifargen.modelfile import load, save_model
 from cifargen.models import ACGAN, ACGANConfig
 from cifargen.models import VAE
 from cifargen.models.layers import Dropout, Flatten, Unflatten, group_norm, random_int16_like

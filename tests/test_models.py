@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from cifargen.images import denormalize, make_grid
 from cifargen.models import ACGAN, CVAE, VAE, ACGANConfig, VAEConfig
 from cifargen.models.vae import reparameterize
 
@@ -116,19 +114,6 @@ def test_generate_samples_standard_normal(monkeypatch):
     model.generate(4000, generator=torch.Generator().manual_seed(1))
     z = seen[0]
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
-
-
-def test_denormalize():
-    x = torch.tensor([-0.5, 0.0, 0.5, 0.998, 1.0, 2.0]).view(1, 1, 2, 3).expand(2, 3, 2, 3)
-    out = denormalize(x)
-    assert out.dtype == np.uint8 and out.shape == (2, 2, 3, 3)
-    assert out[0, :, :, 0].ravel().tolist() == [0, 0, 128, 254, 255, 255]
-
-
-def test_make_grid():
-    images = np.zeros((5, 4, 4, 3), np.uint8)
-    grid = make_grid(images, ncols=3, padding=1, scale=2)
-    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1, 3)
 
 
 def test_acgan_generator_is_the_decoder_with_leaky_relu():
