@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,7 +26,8 @@ from .recipes.vae import save_random_samples
 from .quality import load_reference_classifier, quality_report, reference_classifier_path
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, resolve_precision
-from .training import BEST_CHECKPOINT, METRICS, check_run_dir, fit, load_checkpoint, setup_runtime
+from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
+                       setup_runtime)
 
 
 def train(config, log=None) -> dict:
@@ -40,22 +42,24 @@ def train(config, log=None) -> dict:
     out = Path(config.out) if config.out else kind.out_dir()
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
-    check_run_dir(out, config.resume, config.overwrite)
+    make_run_dir(out)
     rank, world_size, _ = distributed_env()
-    if world_size > 1 and rank != 0:
-        torch.distributed.barrier()  # let rank 0 download the data alone
-    train_set = load_dataset(config.data_dir, train=True).head(config.limit_train)
-    test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
-    if world_size > 1 and rank == 0:
-        torch.distributed.barrier()
-    recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
-                               steps_per_epoch(len(train_set), config.batch_size, world_size))
-    metrics = fit(recipe, train_set, test_set, out, log=log)
-    if rank == 0 and config.quality and kind.generative:
-        quality = measure_sample_quality(out, train_set, test_set, device, dtype, log)
-        if quality is not None:
-            metrics["quality"] = quality
-            atomic_write_json(metrics, out / METRICS)
+    with RunFolderLock(out) if rank == 0 else contextlib.nullcontext():
+        check_run_dir(out, config.resume, config.overwrite)
+        if world_size > 1 and rank != 0:
+            torch.distributed.barrier()  # let rank 0 download the data alone
+        train_set = load_dataset(config.data_dir, train=True).head(config.limit_train)
+        test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
+        if world_size > 1 and rank == 0:
+            torch.distributed.barrier()
+        recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
+                                   steps_per_epoch(len(train_set), config.batch_size, world_size))
+        metrics = fit(recipe, train_set, test_set, out, log=log)
+        if rank == 0 and config.quality and kind.generative:
+            quality = measure_sample_quality(out, train_set, test_set, device, dtype, log)
+            if quality is not None:
+                metrics["quality"] = quality
+                atomic_write_json(metrics, out / METRICS)
     return metrics
 
 
@@ -121,6 +125,14 @@ def fit_run_prior(run_dir: str | os.PathLike, prior_config: PriorConfig | None =
     redraw ``random.png`` and, with a reference classifier, the sample-quality figures in
     ``metrics.json``. Returns the report written under ``prior``."""
     log = log or (lambda line: print(line, file=sys.stderr))
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run folder; pass the folder of a vae or cvae run")
+    with RunFolderLock(run_dir):
+        return _fit_run_prior(run_dir, prior_config, device, data_dir, quality, log)
+
+
+def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) -> dict:
     run_dir = export_best_model(run_dir, device)
     model = load(run_dir, device)
     if not hasattr(model, "fitted_prior"):

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import registry
 from .errors import ConfigError
 from .priors import load_prior, save_prior
-from .runtime import atomic_write_json
+from .runtime import atomic_write_bytes, atomic_write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -39,9 +39,7 @@ def save_model(model: nn.Module, folder: str | os.PathLike, class_names, trainin
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"kind": model.kind})
-    os.replace(tmp, folder / WEIGHTS)
+    atomic_write_bytes(save(state, metadata={"kind": model.kind}), folder / WEIGHTS)
     config = {"format_version": FORMAT_VERSION, "kind": model.kind, "arch": model.config.to_dict(),
               "class_names": list(class_names), "training": training or {}, "metrics": metrics or {}}
     if getattr(model, "fitted_prior", None) is not None:

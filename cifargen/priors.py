@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from sklearn.mixture import GaussianMixture
 
 from .data import BatchLoader, ImageDataset
 from .errors import ConfigError
-from .runtime import autocast
+from .runtime import atomic_write_bytes, autocast
 
 PRIOR_WEIGHTS = "prior.safetensors"
 PRIORS = ("standard", "fitted")
@@ -170,9 +170,7 @@ def fit_prior(model, train_set: ImageDataset, device, autocast_dtype=None, confi
 def save_prior(prior: GaussianMixturePrior, folder: str | os.PathLike) -> dict:
     """Write ``prior.safetensors`` into ``folder``; returns the settings for ``config.json``."""
     folder = Path(folder)
-    tmp = folder / (PRIOR_WEIGHTS + ".tmp")
-    save_file(prior.tensors(), str(tmp), metadata={"kind": "gaussian_mixture"})
-    os.replace(tmp, folder / PRIOR_WEIGHTS)
+    atomic_write_bytes(save(prior.tensors(), metadata={"kind": "gaussian_mixture"}), folder / PRIOR_WEIGHTS)
     return prior.settings()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -133,20 +133,51 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+TEMPORARY_SUFFIX = ".tmp"  # what a write killed midway can leave behind: .<name>.<random>.tmp
+
+
+def _user_file_mode() -> int:
+    """0666 less the process's umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write through a temporary file in the same folder, fsync, then rename over ``path``, so a
+    reader sees the old file or the new one, never half of one. A failed write (a full disk, an
+    I/O error) leaves the old file as it was and raises ``TrainingError`` naming the file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
+        os.fchmod(fd, _user_file_mode())  # mkstemp's 0600 would differ from every other file the run writes
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise TrainingError(f"cannot write {path} ({exc.strerror or exc}); {path.name} was left as it was: "
+                                "free some space or fix the folder, then continue with --resume") from None
         raise
+
+
+def remove_leftover_temporaries(folder: Path, names: tuple[str, ...] = ()) -> list[Path]:
+    """Delete the temporary files of writes killed midway in ``folder`` (ours, ``.<name>.<random>.tmp``,
+    and ``<name>.tmp`` for each of ``names``); returns them."""
+    leftovers = [p for p in Path(folder).glob(f".*{TEMPORARY_SUFFIX}") if p.is_file()]
+    leftovers += [Path(folder) / (name + TEMPORARY_SUFFIX) for name in names
+                  if (Path(folder) / (name + TEMPORARY_SUFFIX)).is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

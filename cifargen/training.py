@@ -16,6 +16,7 @@ import pickle
 import platform
 import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
 from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
-                      keep_freed_memory_for_reuse, physical_cores, resolve_device, resolve_precision, rng_state,
+                      keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
                       seed_everything, set_rng_state)
 
 CHECKPOINT = "last.pt"
@@ -165,6 +166,9 @@ class Trainer:
             self.log(f"resuming {self.out_dir} at {where}epoch {self.state.next_epoch + 1}")
         elif self.config.overwrite and self.is_main:
             remove_run_outputs(self.out_dir, self.recipe.output_files)
+        if self.is_main:
+            for path in remove_leftover_temporaries(self.out_dir, (WEIGHTS, PRIOR_WEIGHTS)):
+                self.log(f"removed {path.name}, left by a write that was killed midway")
         if self.world_size > 1:  # identical weights, but each rank draws its own noise
             torch.manual_seed((self.config.seed * 7919 + self.rank * 104729 + self.state.next_epoch) % 2 ** 63)
         self.started = time.perf_counter() - self.state.wall_before
@@ -328,12 +332,8 @@ def _summary_line(epoch: int, epochs: int, logged: dict, train: dict, test: dict
     return " | ".join(parts)
 
 
-def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Create the run folder if needed and refuse to start over an existing run unless asked to.
-
-    Nothing is deleted here: with ``overwrite`` the old run's files are removed only once the new
-    run has loaded its data and built its model (:meth:`Trainer.start_run`).
-    """
+def make_run_dir(out: Path) -> None:
+    """Create the run folder if needed and check that it is writable."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -341,6 +341,68 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"cannot write to --out {out} ({exc.strerror or exc}); choose a writable folder") from None
+
+
+class RunFolderLock:
+    """One process at a time per run folder: ``.lock`` records the holder's PID, host and start.
+
+    A second run into a locked folder is refused naming the holder. A lock left by a process that
+    no longer runs on this host (killed, crashed) is stale and taken over.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self.record = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def __enter__(self) -> "RunFolderLock":
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None or self._is_stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ConfigError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                                  f"(since {holder.get('started')}); wait for that run to end or choose another "
+                                  f"--out (if no such process runs, delete {self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.record, f)
+            return self
+        raise ConfigError(f"cannot take the lock {self.path}; another process keeps taking it: choose another --out")
+
+    def __exit__(self, *exc) -> None:
+        if self._holder() == self.record:
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def _is_stale(self, holder: dict) -> bool:
+        if holder.get("host") != self.record["host"]:
+            return False  # another machine's process: cannot tell, so it holds
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return False
+        return False
+
+
+def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start over an existing run unless asked to.
+
+    Nothing is deleted here: with ``overwrite`` the old run's files are removed only once the new
+    run has loaded its data and built its model (:meth:`Trainer.start_run`).
+    """
     if resume:
         if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"nothing to resume: {out / CHECKPOINT} does not exist; start without --resume")

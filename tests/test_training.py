@@ -208,3 +208,57 @@ def test_a_last_batch_of_one_image_trains_the_acgan(cifar_root, tmp_path):
     assert metrics["finished"] and np.isfinite(metrics["history"][0]["train"]["g_loss"])
 
 
+
+
+def test_a_run_folder_belongs_to_one_process_and_a_stale_lock_is_taken_over(cifar_root, tmp_path):
+    import socket
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                    "started": "2026-01-01 00:00:00"}))
+        with pytest.raises(ConfigError, match=f"in use by process {sleeper.pid} on {socket.gethostname()}"):
+            run("vae", cifar_root, tmp_path, epochs=1)
+        assert not (tmp_path / "metrics.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The holder is gone: its lock is stale, taken over, and released at the end.
+    metrics = run("vae", cifar_root, tmp_path, epochs=1)
+    assert metrics["finished"] and not (tmp_path / ".lock").exists()
+
+
+def test_leftover_temporaries_are_cleaned_and_files_follow_the_umask(cifar_root, tmp_path):
+    import os
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "model.safetensors.tmp").write_bytes(b"half a model")
+    previous = os.umask(0o027)
+    try:
+        run("vae", cifar_root, tmp_path, epochs=1)
+    finally:
+        os.umask(previous)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    for name in ("last.pt", "best.pt", "metrics.json", "model.safetensors", "config.json", "E1.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from cifargen.runtime import atomic_torch_save
+
+    atomic_torch_save({"epoch": 1}, tmp_path / "last.pt")
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(TrainingError, match="cannot write .*last.pt \\(No space left on device\\); last.pt was left"):
+        atomic_torch_save({"epoch": 2}, tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
