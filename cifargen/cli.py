@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Settings that say where and how a run goes on, not what it trains: a resumed run may change them.
-RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume"}
+RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume",
+                      "fit_prior", "prior"}
 
 
 def config_from_args(args: argparse.Namespace):
@@ -237,6 +238,7 @@ def config_from_args(args: argparse.Namespace):
     base = kind.default_config()
     if resume:
         base = _saved_config(args.model, Path(flags.get("out") or kind.out_dir()), base)
+    started_with = base
     if args.config:
         file_settings = read_config_file(args.config)
         if file_settings.get("model", args.model) != args.model:
@@ -247,7 +249,7 @@ def config_from_args(args: argparse.Namespace):
     config = with_settings(config, dict(parse_setting(text) for text in args.settings))
     config = dataclasses.replace(config, resume=resume)
     if resume:
-        saved, now = flatten(dataclasses.asdict(base)), flatten(dataclasses.asdict(config))
+        saved, now = flatten(dataclasses.asdict(started_with)), flatten(dataclasses.asdict(config))
         changed = sorted(k for k in now if k.split(".")[0] not in RESUMABLE_SETTINGS and now[k] != saved.get(k))
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change when resuming; resume with the run's own "
