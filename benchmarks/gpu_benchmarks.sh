@@ -45,13 +45,13 @@ ttq)
     # metrics.json holds every finished epoch with its wall time. Any other failure stops here.
     rc=0
     timeout --signal=INT -k 120 "$seconds" python3 -m cifargen train "$model" --data-dir "$DATA" \
-        --out "/tmp/run_$model" --overwrite --no-progress "$@" || rc=$?
+        --out "${TMPDIR:-/tmp}/run_$model" --overwrite --no-progress "$@" || rc=$?
     if [ "$rc" != 0 ] && [ "$rc" != 124 ] && [ "$rc" != 130 ]; then
         echo "training failed (exit $rc)" >&2
         exit "$rc"
     fi
-    cp "/tmp/run_$model/metrics.json" "$out/metrics_${model}_gpu.json"
-    python3 benchmarks/time_to_quality.py "/tmp/run_$model"
+    cp "${TMPDIR:-/tmp}/run_$model/metrics.json" "$out/metrics_${model}_gpu.json"
+    python3 benchmarks/time_to_quality.py "${TMPDIR:-/tmp}/run_$model"
     ;;
 *)
     echo "unknown mode $mode: use bench or ttq" >&2

@@ -64,3 +64,16 @@ def test_optional_imports_are_guarded():
                               if isinstance(parent, ast.Try) and any(
                                   isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in parent.handlers))
                 assert guarded, f"{path.name}: optional import of {[a.name for a in node.names]} is not guarded"
+
+
+def test_committed_results_and_documents_hold_no_machine_paths_or_development_rounds():
+    machine_path = re.compile(r'"(/work|/root|/home|/Users|/tmp)/|[A-Z]:\\\\Users')
+    rounds = re.compile(r"\b[Ss]ession \d|\bround \d|\bissue #?\d", re.IGNORECASE)
+    offenders = []
+    files = [*ROOT.glob("results/**/*.json"), *ROOT.glob("results/*.txt"), *ROOT.glob("docs/*.md"), ROOT / "README.md",
+             *ROOT.glob("benchmarks/*"), *PACKAGE.rglob("*.py")]
+    for path in files:
+        text = path.read_text(errors="ignore")
+        if machine_path.search(text) or rounds.search(text):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert not offenders, f"machine paths or development rounds in: {offenders}"
