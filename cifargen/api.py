@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .modelfile import WEIGHTS, load, save_fitted_prior, save_model
 from .priors import PriorConfig, fit_prior
 from .recipes.vae import save_random_samples
-from .quality import load_reference_classifier, quality_report, reference_classifier_path
+from .quality import QUALITY_SAMPLES, load_reference_classifier, quality_report, reference_classifier_path
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, resolve_precision
 from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
@@ -56,7 +56,7 @@ def train(config, log=None) -> dict:
                                    steps_per_epoch(len(train_set), config.batch_size, world_size))
         metrics = fit(recipe, train_set, test_set, out, log=log)
         if rank == 0 and config.quality and kind.generative:
-            quality = measure_sample_quality(out, train_set, test_set, device, dtype, log)
+            quality = measure_sample_quality(out, train_set, test_set, device, dtype, log, config.quality_samples)
             if quality is not None:
                 metrics["quality"] = quality
                 atomic_write_json(metrics, out / METRICS)
@@ -69,7 +69,7 @@ def evaluate_model(model, test_set: ImageDataset, device, autocast_dtype=None) -
 
 
 def measure_sample_quality(run_dir: Path, train_set: ImageDataset, test_set: ImageDataset, device, dtype,
-                           log) -> dict | None:
+                           log, n: int = QUALITY_SAMPLES) -> dict | None:
     """Sample-quality figures of the run's best model with the reference classifier, or None
     (and one line to ``log``) when no reference classifier has been trained."""
     classifier = load_reference_classifier(device=device)
@@ -77,7 +77,7 @@ def measure_sample_quality(run_dir: Path, train_set: ImageDataset, test_set: Ima
         log(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
             "(train one with: cifargen classifier train)")
         return None
-    report = quality_report(load(run_dir, device), classifier, test_set, device, dtype, train_set=train_set)
+    report = quality_report(load(run_dir, device), classifier, test_set, device, dtype, n=n, train_set=train_set)
     for name, figures in report.items():
         if isinstance(figures, dict) and name != "classifier":
             log(f"sample quality ({name}): " + _figures_line(figures))

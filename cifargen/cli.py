@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings that say where and how a run goes on, not what it trains: a resumed run may change them.
 RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume",
-                      "fit_prior", "prior"}
+                      "fit_prior", "prior", "quality_samples"}
 
 
 def config_from_args(args: argparse.Namespace):

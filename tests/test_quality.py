@@ -119,7 +119,7 @@ def test_training_writes_quality_and_eval_reproduces_it(model, reference_classif
     (tmp_path / "cache" / "classifier").symlink_to(reference_classifier)
     out = tmp_path / "run"
     config = with_settings(default_config(model, data_dir=str(cifar_root), out=str(out), epochs=1, **QUICK),
-                           {"arch.width": 8, "arch.latent_dim": 16})
+                           {"arch.width": 8, "arch.latent_dim": 16, "quality_samples": 1000})
     quality = train(config)["quality"]
     assert json.loads((out / "metrics.json").read_text())["quality"] == quality
     digest = hashlib.sha256((reference_classifier / "model.safetensors").read_bytes()).hexdigest()
@@ -127,7 +127,7 @@ def test_training_writes_quality_and_eval_reproduces_it(model, reference_classif
     # A VAE-family model reports each prior and the reconstruction ceiling; the AC-GAN one set.
     sections = [quality[name] for name in ("standard", "fitted", "reconstruction")] if model == "cvae" else [quality]
     capsys.readouterr()
-    assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
+    assert main(["eval", str(out), "--json", "--device", "cpu", "--quality-samples", "1000"]) == 0
     printed = json.loads(capsys.readouterr().out)["quality"]
     printed_sections = [printed[n] for n in ("standard", "fitted", "reconstruction")] if model == "cvae" else [printed]
     for saved, again in zip(sections, printed_sections):

@@ -39,6 +39,7 @@ class TrainConfig:
     overwrite: bool = False
     progress: bool = True
     quality: bool = True           # generators: sample-quality figures in metrics.json when a reference classifier exists
+    quality_samples: int = 10_000  # samples behind each set of sample-quality figures
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first invalid setting."""
