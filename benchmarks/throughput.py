@@ -191,9 +191,9 @@ def benchmark(models, data_dir, steps, warmup, repeats, device, max_batch=None, 
         hwc = dataset.images.permute(0, 2, 3, 1).numpy()
         labels = dataset.labels.numpy()
         recipe_class = model_kind(name).recipe_class
-        steps = len(dataset) // batch
-        ours_recipe = recipe_class(config, dataset.class_names, device_obj, dtype, steps)
-        reference_recipe = recipe_class(config, dataset.class_names, device_obj, None, steps)
+        steps_per_epoch = len(dataset) // batch  # only the schedules' shape depends on it; they are not stepped here
+        ours_recipe = recipe_class(config, dataset.class_names, device_obj, dtype, steps_per_epoch)
+        reference_recipe = recipe_class(config, dataset.class_names, device_obj, None, steps_per_epoch)
         for module in reference_recipe.modules.values():
             in_standard_layout(module)
         reference = reference_step_fn(name, reference_recipe, device_obj)

@@ -30,7 +30,6 @@ from .errors import ConfigError
 from .runtime import atomic_write_bytes, autocast
 
 PRIOR_WEIGHTS = "prior.safetensors"
-PRIORS = ("standard", "fitted")
 
 
 @dataclass
@@ -187,17 +186,23 @@ def load_prior(folder: Path, settings: dict) -> GaussianMixturePrior:
                           f"{folder}") from None
 
 
-def nearest_neighbour_ratio(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor, chunk: int = 250) -> float:
+def nearest_distances(images: torch.Tensor, train: torch.Tensor, chunk: int = 250) -> torch.Tensor:
+    """Euclidean distance in pixel space from each image to its nearest training image
+    (``images`` (N, C, H, W) or flat, ``train`` likewise; float in [0, 1])."""
+    flat, train_flat = images.flatten(1).float(), train.flatten(1).float()
+    return torch.cat([torch.cdist(flat[i:i + chunk], train_flat).min(1).values for i in range(0, len(flat), chunk)])
+
+
+def distance_ratio(sample_distances: torch.Tensor, test_distances: torch.Tensor) -> float:
+    """Median nearest-training distance of the samples over that of the test images."""
+    ratio = float(sample_distances.median() / test_distances.median())
+    return ratio if math.isfinite(ratio) else float("nan")
+
+
+def nearest_neighbour_ratio(samples: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> float:
     """Median distance from each sample to its nearest training image, over the same for test
     images: about 1 for a sampler that generates, well below 1 for one that copies training images.
 
     All three are float image tensors (N, C, H, W) in [0, 1]; distances are Euclidean in pixel space.
     """
-    train_flat = train.flatten(1).float()
-
-    def nearest(images: torch.Tensor) -> torch.Tensor:
-        flat = images.flatten(1).float()
-        return torch.cat([torch.cdist(flat[i:i + chunk], train_flat).min(1).values for i in range(0, len(flat), chunk)])
-
-    ratio = nearest(samples).median() / nearest(test).median()
-    return float(ratio) if math.isfinite(float(ratio)) else float("nan")
+    return distance_ratio(nearest_distances(samples, train), nearest_distances(test, train))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from scipy.spatial.distance import pdist
 
 from .data import BatchLoader, ImageDataset, to_float
 from .modelfile import WEIGHTS, load
-from .priors import nearest_neighbour_ratio
+from .priors import distance_ratio, nearest_distances
 from .recipes.classifier import default_classifier_dir
 from .runtime import autocast
 
@@ -126,33 +127,61 @@ def _labelled_figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]
     return {"class_consistency": class_consistency(probs, labels), "is_cifargen": inception_score_analogue(probs)}
 
 
+@dataclass
+class Reference:
+    """What every set of figures is measured against, computed once per report: the classifier's
+    features of the test images and, with a training split, the test images' distances to their
+    nearest training image (the denominator of ``nn_ratio``)."""
+
+    test_set: ImageDataset
+    test_features: np.ndarray
+    train_images: torch.Tensor | None = None    # (N, C*H*W) float, for nearest-neighbour distances
+    test_nearest: torch.Tensor | None = None
+
+    @classmethod
+    @torch.inference_mode()
+    def measure(cls, classifier, test_set: ImageDataset, device, autocast_dtype=None,
+                train_set: ImageDataset | None = None) -> "Reference":
+        _, features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
+        if train_set is None:
+            return cls(test_set, features)
+        train_images = to_float(train_set.images).flatten(1)
+        return cls(test_set, features, train_images,
+                   nearest_distances(to_float(test_set.images[:NN_SAMPLES]), train_images))
+
+
 @torch.inference_mode()
 def sample_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
                    n: int = QUALITY_SAMPLES, seed: int = 0, prior: str = "standard",
-                   train_set: ImageDataset | None = None) -> dict[str, float]:
+                   train_set: ImageDataset | None = None, reference: Reference | None = None) -> dict[str, float]:
     """``fd_cifargen``, ``is_cifargen`` and (conditional models) ``class_consistency`` and ``diversity``
     of ``n`` samples from ``prior``; with ``train_set``, also ``nn_ratio`` (see
-    :func:`~cifargen.priors.nearest_neighbour_ratio`: well below 1 means copies of training images)."""
+    :func:`~cifargen.priors.nearest_neighbour_ratio`: well below 1 means copies of training images).
+    ``reference`` (from :meth:`Reference.measure`) saves measuring the test images again."""
+    reference = reference or Reference.measure(classifier, test_set, device, autocast_dtype, train_set)
     kept = []
 
     def images():
         for x, y in generated_batches(model, n, seed, device, prior=prior):
-            if sum(len(k[0]) for k in kept) < NN_SAMPLES:
-                kept.append((x.cpu(), y))
+            if sum(len(k) for k in kept) < NN_SAMPLES:
+                kept.append(x.cpu())
             yield x, y
 
-    figures = _figures_of(classifier, images(), test_set, device, autocast_dtype)
-    if train_set is not None:
-        samples = torch.cat([x for x, _ in kept])[:NN_SAMPLES]
-        figures["nn_ratio"] = nearest_neighbour_ratio(samples, to_float(train_set.images), to_float(test_set.images[:NN_SAMPLES]))
+    figures = _figures_of(classifier, images(), reference, autocast_dtype)
+    if reference.train_images is not None:
+        nearest = nearest_distances(torch.cat(kept)[:NN_SAMPLES], reference.train_images)
+        figures["nn_ratio"] = distance_ratio(nearest, reference.test_nearest)
     figures["quality_samples"] = n
     return figures
 
 
 @torch.inference_mode()
-def reconstruction_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None) -> dict[str, float]:
+def reconstruction_quality(model, classifier, test_set: ImageDataset, device, autocast_dtype=None,
+                           reference: Reference | None = None) -> dict[str, float]:
     """The same figures for a VAE's reconstructions of the test images (decoded posterior means):
     the ceiling of any prior, since a prior can at best hand the decoder codes like these."""
+    reference = reference or Reference.measure(classifier, test_set, device, autocast_dtype)
+
     def images():
         for x, y in BatchLoader(test_set, 500, device, shuffle=False):
             with autocast(x.device, autocast_dtype):
@@ -160,14 +189,13 @@ def reconstruction_quality(model, classifier, test_set: ImageDataset, device, au
                 recon = model.decode(mu, y)
             yield recon.float(), (y if model.conditional else None)
 
-    figures = _figures_of(classifier, images(), test_set, device, autocast_dtype)
+    figures = _figures_of(classifier, images(), reference, autocast_dtype)
     figures["quality_samples"] = len(test_set)
     return figures
 
 
-def _figures_of(classifier, batches, test_set: ImageDataset, device, autocast_dtype) -> dict[str, float]:
+def _figures_of(classifier, batches, reference: Reference, autocast_dtype) -> dict[str, float]:
     """Sample-quality figures of ``(images, classes or None)`` batches against the test images."""
-    _, test_features = classifier_outputs(classifier, _real_images(test_set, device), autocast_dtype)
     labels = []
 
     def images():
@@ -177,12 +205,13 @@ def _figures_of(classifier, batches, test_set: ImageDataset, device, autocast_dt
             yield x
 
     probs, features = classifier_outputs(classifier, images(), autocast_dtype)
-    figures = {"fd_cifargen": frechet_distance(features, test_features), "is_cifargen": inception_score_analogue(probs)}
+    figures = {"fd_cifargen": frechet_distance(features, reference.test_features),
+               "is_cifargen": inception_score_analogue(probs)}
     if labels:
         labels = torch.cat(labels).numpy()
         figures["class_consistency"] = class_consistency(probs, labels)
-        figures["diversity"] = within_class_spread(features, labels) / within_class_spread(test_features,
-                                                                                           test_set.labels.numpy())
+        figures["diversity"] = (within_class_spread(features, labels)
+                                / within_class_spread(reference.test_features, reference.test_set.labels.numpy()))
     return figures
 
 
@@ -193,13 +222,15 @@ def quality_report(model, classifier, test_set: ImageDataset, device, autocast_d
     A model with a latent prior to choose (VAE, CVAE) gets one set per prior, ``standard`` and
     (once fitted) ``fitted``, and ``reconstruction``, the ceiling; others get one set.
     """
+    reference = Reference.measure(classifier, test_set, device, autocast_dtype, train_set)
     if hasattr(model, "fitted_prior"):
         priors = ["standard"] + (["fitted"] if model.fitted_prior is not None else [])
         report = {prior: sample_quality(model, classifier, test_set, device, autocast_dtype, n, prior=prior,
-                                        train_set=train_set) for prior in priors}
-        report["reconstruction"] = reconstruction_quality(model, classifier, test_set, device, autocast_dtype)
+                                        reference=reference) for prior in priors}
+        report["reconstruction"] = reconstruction_quality(model, classifier, test_set, device, autocast_dtype,
+                                                          reference)
     else:
-        report = sample_quality(model, classifier, test_set, device, autocast_dtype, n, train_set=train_set)
+        report = sample_quality(model, classifier, test_set, device, autocast_dtype, n, reference=reference)
     report["classifier"] = classifier_identity(classifier)
     return report
 

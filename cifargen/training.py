@@ -39,8 +39,7 @@ BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.json"
 LAST_MODEL = "last"  # the final epoch's model file, beside the best one
 # What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
-LOOP_FILES = (re.escape(METRICS), re.escape(CHECKPOINT), re.escape(BEST_CHECKPOINT), re.escape(WEIGHTS),
-              re.escape(CONFIG))
+LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS))
 
 
 @dataclass
@@ -422,7 +421,7 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 def remove_run_outputs(out: Path, recipe_files: tuple[str, ...]) -> None:
     """Delete what an earlier run wrote in ``out``: only the loop's and the recipe's file names."""
-    patterns = [re.compile(p) for p in LOOP_FILES + (re.escape(PRIOR_WEIGHTS),) + tuple(recipe_files)]
+    patterns = [re.compile(p) for p in LOOP_FILES + tuple(recipe_files)]
     for folder in (out, out / LAST_MODEL):
         if not folder.is_dir():
             continue
