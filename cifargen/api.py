@@ -18,12 +18,12 @@ import torch
 import torch.distributed
 
 from .configs import config_from_dict
-from .data import ImageDataset, default_data_dir, load_dataset, steps_per_epoch
+from .data import ImageDataset, default_data_dir, load_splits, steps_per_epoch
 from .errors import ConfigError
 from .modelfile import WEIGHTS, load, save_fitted_prior, save_model
 from .priors import PriorConfig, fit_prior
 from .recipes.vae import save_random_samples
-from .quality import QUALITY_SAMPLES, load_reference_classifier, quality_report, reference_classifier_path
+from .quality import QUALITY_SAMPLES, find_reference_classifier, quality_report
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, resolve_precision
 from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
@@ -39,7 +39,7 @@ def train(config, log=None) -> dict:
     kind = model_kind(config.model)
     log = log or (lambda line: print(line, file=sys.stderr))
     device, dtype = setup_runtime(config)
-    out = Path(config.out) if config.out else kind.out_dir()
+    out = Path(config.out) if config.out else kind.out_dir(config)
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
     make_run_dir(out)
@@ -48,8 +48,8 @@ def train(config, log=None) -> dict:
         check_run_dir(out, config.resume, config.overwrite)
         if world_size > 1 and rank != 0:
             torch.distributed.barrier()  # let rank 0 download the data alone
-        train_set = load_dataset(config.data_dir, train=True).head(config.limit_train)
-        test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
+        train_set, test_set = load_run_data(dataclasses.asdict(config), progress=config.progress and rank == 0,
+                                            log=log if rank == 0 else None)
         if world_size > 1 and rank == 0:
             torch.distributed.barrier()
         recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
@@ -63,6 +63,17 @@ def train(config, log=None) -> dict:
     return metrics
 
 
+def load_run_data(training: dict, data_dir: str | None = None, limit_test: int | None = None,
+                  progress: bool = True, log=None) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, test) splits a run trains and is measured on, from its training settings (a run's
+    ``config.json`` "training" part, or a configuration as a dict): the same data set, image size,
+    held-out split and limits. ``data_dir`` and ``limit_test`` override the run's."""
+    return load_splits(data_dir or training.get("data_dir") or default_data_dir(),
+                       dataset=training.get("dataset", "auto"), image_size=training.get("image_size", 32),
+                       test_fraction=training.get("test_fraction", 0.1), limit_train=training.get("limit_train"),
+                       limit_test=limit_test or training.get("limit_test"), progress=progress, log=log)
+
+
 def evaluate_model(model, test_set: ImageDataset, device, autocast_dtype=None) -> dict:
     """The headline test figures of a loaded model (see :func:`cifargen.load`)."""
     return model_kind(model.kind).evaluate(model, test_set, device, autocast_dtype)
@@ -72,10 +83,9 @@ def measure_sample_quality(run_dir: Path, train_set: ImageDataset, test_set: Ima
                            log, n: int = QUALITY_SAMPLES) -> dict | None:
     """Sample-quality figures of the run's best model with the reference classifier, or None
     (and one line to ``log``) when no reference classifier has been trained."""
-    classifier = load_reference_classifier(device=device)
+    classifier, reason = find_reference_classifier(test_set, device=device)
     if classifier is None:
-        log(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
-            "(train one with: cifargen classifier train)")
+        log(f"sample-quality figures skipped: {reason}")
         return None
     report = quality_report(load(run_dir, device), classifier, test_set, device, dtype, n=n, train_set=train_set)
     for name, figures in report.items():
@@ -105,7 +115,8 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
         config = config_from_dict(kind.config_class, best["config"])
     except (KeyError, TypeError):
         raise ConfigError(f"{run_dir / BEST_CHECKPOINT} holds no run configuration; it is not a cifargen checkpoint") from None
-    class_names = load_dataset(config.data_dir, train=False).class_names
+    train_set, _ = load_run_data(config.to_dict(), progress=False)
+    class_names = train_set.class_names
     recipe = kind.recipe_class(config, class_names, torch.device(device), None, steps_per_epoch=1)
     recipe.load_model_state(best["models"])
     precision = "float32"
@@ -115,7 +126,7 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
         pass
     save_model(recipe.export_model(), run_dir, class_names, training=config.to_dict(),
                metrics={"epoch": best["epoch"], "best_epoch": best["epoch"], "test": best["test"], "best": best["test"],
-                        "precision": precision, "device": str(device)})
+                        "precision": precision, "device": str(device), "data": train_set.identity()})
     return run_dir
 
 
@@ -138,12 +149,10 @@ def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) 
     if not hasattr(model, "fitted_prior"):
         raise ConfigError(f"{run_dir} holds a {model.kind}; only vae and cvae models have a latent prior to fit")
     training = model.model_config.get("training", {})
-    data_dir = data_dir or training.get("data_dir") or default_data_dir()
     dtype = resolve_precision("bf16" if model.model_config.get("metrics", {}).get("precision") == "bfloat16" else "fp32",
                               torch.device(device))
-    train_set = load_dataset(data_dir, train=True).head(training.get("limit_train"))
+    train_set, test_set = load_run_data(training, data_dir, progress=False, log=log)
     check_classes(model, train_set)
-    test_set = load_dataset(data_dir, train=False, class_names=train_set.class_names).head(training.get("limit_test"))
     prior_config = prior_config or PriorConfig()
     log(f"fitting {prior_config} to the codes of {len(train_set)} training images")
     model.fitted_prior, report = fit_prior(model, train_set, device, dtype, prior_config, test_set)

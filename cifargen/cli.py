@@ -14,15 +14,14 @@ import json
 import sys
 from pathlib import Path
 
-from .api import check_classes, evaluate_model, export_best_model, fit_run_prior, train
+from .api import check_classes, evaluate_model, export_best_model, fit_run_prior, load_run_data, train
 from .configs import config_from_dict, flatten, parse_setting, read_config_file, with_settings
-from .data import DATA_DIR_ENV, default_data_dir, load_dataset
+from .data import DATA_DIR_ENV, DATASETS, default_data_dir
 from .errors import CifargenError, ConfigError
-from .modelfile import load
+from .modelfile import WEIGHTS, load
 from .plotting import plot_confusion
 from .priors import PriorConfig
-from .quality import (inception_metrics, load_reference_classifier, quality_report, real_image_reference,
-                      reference_classifier_path)
+from .quality import find_reference_classifier, inception_metrics, quality_report, real_image_reference
 from .recipes.classifier import CACHE_ENV
 from .registry import GENERATORS, MODELS, default_config, model_kind
 from .runtime import resolve_device, resolve_precision
@@ -98,14 +97,22 @@ def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=N
     _setting_flag(parser, "--width", "arch.width", "channels of the first convolution, doubled at each down-sampling",
                   models, type=_positive_int)
     _setting_flag(parser, "--data-dir", "data_dir", "folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
-                  f"(downloaded there if absent), or an image folder root/<class>/*.png (default: ${DATA_DIR_ENV} or ./data)")
+                  "(downloaded there if the folder is empty or absent), or a folder of your images: root/<class>/<images>, "
+                  f"optionally under train/ and test/ (default: ${DATA_DIR_ENV} or ./data)")
+    _setting_flag(parser, "--dataset", "dataset", "what --data-dir holds; auto detects it (default: auto)",
+                  choices=list(DATASETS))
+    _setting_flag(parser, "--image-size", "image_size", "image size in pixels: images are resized on their shorter side "
+                  "and center-cropped; the architecture follows (a multiple of 4, at least 16)", models,
+                  type=_positive_int, metavar="N")
+    _setting_flag(parser, "--test-fraction", "test_fraction", "image folders without test/: the seeded, class-stratified "
+                  "share of the images held out as the test split", models, type=_fraction, metavar="F")
     _setting_flag(parser, "--out", "out", out_help + " (default: as above)")
     _setting_flag(parser, "--device", "device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     _setting_flag(parser, "--seed", "seed", "random seed (default: 0)", type=_seed)
-    _setting_flag(parser, "--limit-train", "limit_train", "train on the first N training images only (default: all)",
-                  type=_positive_int, metavar="N")
-    _setting_flag(parser, "--limit-test", "limit_test", "evaluate on the first N test images only (default: all)",
-                  type=_positive_int, metavar="N")
+    _setting_flag(parser, "--limit-train", "limit_train", "train on N training images only: CIFAR-10's first N, "
+                  "a seeded class-stratified subset of an image folder (default: all)", type=_positive_int, metavar="N")
+    _setting_flag(parser, "--limit-test", "limit_test", "evaluate on N test images only, chosen as for --limit-train "
+                  "(default: all)", type=_positive_int, metavar="N")
     _setting_flag(parser, "--precision", "precision", "bf16 autocast or fp32; auto uses bf16 on GPUs and CPUs with "
                   "native bf16 (default: auto)", choices=["auto", "bf16", "fp32"])
     _setting_flag(parser, "--compile", "compile", "use torch.compile on the networks", action="store_const", const=True)
@@ -159,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the reference classifier (a small ResNet) and save it in the cache folder, where "
                     "`cifargen eval` and the end of `cifargen train` look for it.")
     _add_training_flags(classifier_train, models=("classifier",),
-                        out_help=f"folder for the classifier (default: ${CACHE_ENV}/classifier or ~/.cache/cifargen/classifier)")
+                        out_help=f"folder for the classifier (default: the data set's folder under ${CACHE_ENV}/classifier/ "
+                                 "or ~/.cache/cifargen/classifier/, where the sample-quality figures look for it)")
 
     evaluate = commands.add_parser("eval", help="recompute a trained model's test-set figures",
                                    description="Recompute the headline test figures of a trained model "
@@ -237,7 +245,8 @@ def config_from_args(args: argparse.Namespace):
     resume = args.resume is not None
     base = kind.default_config()
     if resume:
-        base = _saved_config(args.model, Path(flags.get("out") or kind.out_dir()), base)
+        where = {k: v for k, v in flags.items() if k in ("data_dir", "dataset", "image_size")}
+        base = _saved_config(args.model, Path(flags.get("out") or kind.out_dir(with_settings(base, where))), base)
     started_with = base
     if args.config:
         file_settings = read_config_file(args.config)
@@ -308,16 +317,14 @@ def run_eval(args: argparse.Namespace) -> dict:
     trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")
     precision = args.precision or ("bf16" if trained_precision == "bfloat16" else "fp32")
     dtype = resolve_precision(precision, device)
-    data_dir = args.data_dir or training.get("data_dir") or default_data_dir()
-    test_set = load_dataset(data_dir, train=False).head(args.limit_test or training.get("limit_test"))
+    train_set, test_set = load_run_data(training, args.data_dir, args.limit_test,
+                                        log=lambda line: print(line, file=sys.stderr))
     check_classes(model, test_set)
     figures = evaluate_model(model, test_set, device, dtype)
     if not kind.generative and args.quality:
-        train_set = load_dataset(data_dir, train=True)
         reference = real_image_reference(model, train_set, test_set, device, dtype, n=args.quality_samples)
         figures.update({f"real_{k}": v for k, v in reference.items()})
     elif args.quality:
-        train_set = load_dataset(data_dir, train=True).head(training.get("limit_train"))
         figures.update(_quality_figures(args, model, train_set, test_set, device, dtype))
     if args.confusion:
         if "confusion" not in figures:
@@ -351,13 +358,12 @@ def _quality_figures(args: argparse.Namespace, model, train_set, test_set, devic
         print(line, file=sys.stderr)
 
     figures = {}
-    classifier = load_reference_classifier(args.classifier, device)
+    if args.classifier and not (Path(args.classifier) / WEIGHTS).is_file():
+        raise ConfigError(f"--classifier {args.classifier}: no {WEIGHTS} there; "
+                          "train one with: cifargen classifier train --out DIR")
+    classifier, reason = find_reference_classifier(test_set, args.classifier, device)
     if classifier is None:
-        if args.classifier:
-            raise ConfigError(f"--classifier {args.classifier}: no model.safetensors there; "
-                              "train one with: cifargen classifier train --out DIR")
-        note(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
-             "(train one with: cifargen classifier train)")
+        note(f"sample-quality figures skipped: {reason}")
     else:
         figures["quality"] = quality_report(model, classifier, test_set, device, dtype, n=args.quality_samples,
                                             train_set=train_set)

@@ -17,16 +17,18 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import DataError
+from .folders import is_image_folder, list_split, load_folder_split
+from .splits import SPLIT_SEED, held_out_split, stratified_indices
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -35,7 +37,6 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DATA_DIR_ENV = "CIFARGEN_DATA_DIR"
 
 
@@ -51,6 +52,8 @@ class ImageDataset:
     images: torch.Tensor
     labels: torch.Tensor
     class_names: tuple[str, ...]
+    name: str = "cifar10"          # the data set's name: with the classes and image size, its identity
+    info: dict = field(default_factory=dict)  # where the split came from and how it was made (metrics.json)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -67,10 +70,23 @@ class ImageDataset:
             return self
         if n <= 0 or n > len(self):
             raise DataError(f"asked for the first {n} images, but the split holds {len(self)}: use a limit between 1 and {len(self)}")
-        return ImageDataset(self.images[:n], self.labels[:n], self.class_names)
+        return ImageDataset(self.images[:n], self.labels[:n], self.class_names, self.name, dict(self.info))
+
+    def subset(self, indices) -> "ImageDataset":
+        """The images at ``indices``, in that order."""
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ImageDataset(self.images[index], self.labels[index], self.class_names, self.name, dict(self.info))
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def identity(self) -> dict:
+        """What makes two splits the same data set: name, classes and image size."""
+        return {"name": self.name, "class_names": list(self.class_names), "image_size": self.image_size}
 
     def to(self, device) -> "ImageDataset":
-        return ImageDataset(self.images.to(device), self.labels.to(device), self.class_names)
+        return ImageDataset(self.images.to(device), self.labels.to(device), self.class_names, self.name, self.info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,72 +246,144 @@ def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
 
 
 # --------------------------------------------------------------------------------------------
-# Image folders: root/<class>/*.png|jpg
+# Choosing the data set, image size, held-out split and limits
 # --------------------------------------------------------------------------------------------
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+DATASETS = ("auto", "cifar10", "folder")
 
 
-def is_image_folder(root: str | os.PathLike) -> bool:
-    """Whether ``root`` looks like ``root/<class>/<images>`` (possibly under train/ and test/)."""
-    root = Path(root)
-    if not root.is_dir():
-        return False
-    base = root / "train" if (root / "train").is_dir() else root
-    return any(any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir()) for d in _class_folders(base))
+def load_image_folder(root: str | os.PathLike, image_size: int = 32, class_names: tuple[str, ...] | None = None,
+                      progress: bool = False) -> ImageDataset:
+    """Read ``root/<class>/<images>`` (any Pillow format, size and mode) at ``image_size`` pixels."""
+    split = load_folder_split(root, image_size, class_names, progress=progress)
+    return ImageDataset(split.images, split.labels, split.class_names, name=Path(root).resolve().name,
+                        info={"source": str(root), "skipped": split.skipped})
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int = 32,
-                      class_names: tuple[str, ...] | None = None) -> ImageDataset:
-    """Read ``root/<class>/*.png|jpg`` into memory; classes are the sorted folder names.
+def detect_dataset(root: str | os.PathLike, dataset: str = "auto") -> str:
+    """Which data set ``root`` holds: ``dataset`` unless it is ``auto``.
 
-    Pass the training split's ``class_names`` when reading a test split, so that labels agree
-    even if a class folder is missing there. Images are converted to RGB and must be
-    ``image_size`` pixels square (resize yours first).
+    A folder that does not exist yet, or is empty, means CIFAR-10 (downloaded there); a folder
+    with files but neither CIFAR-10 nor images is an error, never a silent download.
     """
+    if dataset not in DATASETS:
+        raise DataError(f"--dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    if dataset != "auto":
+        return dataset
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist: pass --data-dir pointing at root/<class>/*.png")
-    found = _class_folders(root)
-    names = tuple(class_names) if class_names is not None else tuple(p.name for p in found)
-    unknown = [p.name for p in found if p.name not in names]
-    if unknown:
-        raise DataError(f"{root} has class folders {unknown} that the training split lacks; use the same classes in both")
-    images, labels = [], []
-    for folder in found:
-        index = names.index(folder.name)
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as img:
-                    array = np.asarray(img.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"cannot read image {path} ({exc}); remove or replace the file") from None
-            if array.shape[:2] != (image_size, image_size):
-                raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, expected {image_size}x{image_size}; resize the images first")
-            images.append(array)
-            labels.append(index)
-    if not images:
-        raise DataError(f"no .png or .jpg images found under {root}/<class>/: check --data-dir")
-    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return ImageDataset(stacked, torch.tensor(labels, dtype=torch.int64), names)
+    if has_cifar10(root):
+        return "cifar10"
+    if is_image_folder(root):
+        return "folder"
+    if root.is_file():
+        raise DataError(f"--data-dir {root} is a file; pass the folder that holds the data")
+    if root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir()):
+        only = "train/ has no <class>/ folders with images" if (root / "train").is_dir() else \
+            "it has neither CIFAR-10 nor <class>/ folders of images"
+        raise DataError(f"--data-dir {root} holds no data cifargen reads ({only}); expected "
+                        f"{CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE} or <class>/<images> (optionally under train/ and test/)")
+    return "cifar10"
+
+
+def peek_identity(root: str | os.PathLike, dataset: str = "auto", image_size: int = 32) -> dict:
+    """The identity (name, classes, image size) of the data in ``root``, without decoding any image."""
+    kind = detect_dataset(root, dataset)
+    root = Path(root)
+    if kind == "cifar10":
+        names = CIFAR10_CLASSES
+        if has_cifar10(root):
+            (source, raw), = _batch_files(root, ("batches.meta",))
+            names = _read_class_names(raw, source)
+        return {"name": "cifar10", "class_names": list(names), "image_size": image_size}
+    base = root / "train" if (root / "train").is_dir() else root
+    _, _, names, _ = list_split(base)
+    return {"name": root.resolve().name, "class_names": list(names), "image_size": image_size}
+
+
+def load_splits(root: str | os.PathLike, dataset: str = "auto", image_size: int = 32, test_fraction: float = 0.1,
+                limit_train: int | None = None, limit_test: int | None = None, download: bool = True,
+                progress: bool = True, log=None) -> tuple[ImageDataset, ImageDataset]:
+    """The (train, test) splits of the data in ``root`` at ``image_size`` pixels.
+
+    - CIFAR-10 (official layout; downloaded when the folder is empty or absent): its own splits,
+      resized when ``image_size`` is not 32. Limits take the first N images (the official files
+      are in random order).
+    - An image folder with ``train/`` and ``test/``: those splits. Without ``test/``: a seeded,
+      class-stratified ``test_fraction`` of the images is held out as the test split (never the
+      training images themselves). Limits take a seeded, class-stratified subset.
+
+    Each split's ``info`` says where it came from and how it was made (``metrics.json`` records it).
+    """
+    log = log or (lambda line: None)
+    kind = detect_dataset(root, dataset)
+    root = Path(root)
+    if kind == "cifar10":
+        train = load_cifar10(root, train=True, download=download).head(limit_train)
+        test = load_cifar10(root, train=False, download=download).head(limit_test)
+        for split, name in ((train, "train"), (test, "test")):
+            split.info.update({"source": str(root), "split": f"the official {name} split", "limit": "first N"})
+        if image_size != train.image_size:
+            train, test = resize_dataset(train, image_size), resize_dataset(test, image_size)
+        return train, test
+    base = root / "train" if (root / "train").is_dir() else root
+    train = load_folder_split(base, image_size, progress=progress, log=log)
+    train_set = _folder_dataset(train, root, base)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        test = load_folder_split(root / "test", image_size, class_names=train.class_names, progress=progress, log=log)
+        test_set = _folder_dataset(test, root, root / "test")
+        train_set.info["split"], test_set.info["split"] = "the train/ folder", "the test/ folder"
+    else:
+        if not 0 < test_fraction < 1:
+            raise DataError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+        train_idx, test_idx = held_out_split(train.labels, test_fraction)
+        if len(test_idx) == 0:
+            raise DataError(f"{base} has too few images to hold out a test split ({len(train.labels)}); "
+                            "add images or a test/ folder")
+        full = train_set
+        train_set, test_set = full.subset(train_idx), full.subset(test_idx)
+        test_set.info["skipped"] = []  # the folder's unreadable files are listed once, with the training split
+        how = (f"a seeded (seed {SPLIT_SEED}), class-stratified {test_fraction:g} of {base} held out "
+               f"(no test/ folder)")
+        train_set.info["split"], test_set.info["split"] = f"the rest of {base} after {how}", how
+        log(f"no test/ folder in {root}: holding out {len(test_idx)} of {len(full)} images as the test split "
+            f"(--test-fraction {test_fraction:g})")
+    train_set = _stratified_limit(train_set, limit_train)
+    test_set = _stratified_limit(test_set, limit_test)
+    return train_set, test_set
+
+
+def _folder_dataset(split, root: Path, folder: Path) -> ImageDataset:
+    return ImageDataset(split.images, split.labels, split.class_names, name=root.resolve().name,
+                        info={"source": str(folder), "skipped": split.skipped, "from_cache": split.from_cache,
+                              "limit": "seeded, class-stratified"})
+
+
+def _stratified_limit(dataset: ImageDataset, n: int | None) -> ImageDataset:
+    if n is None:
+        return dataset
+    if n <= 0 or n > len(dataset):
+        raise DataError(f"asked for {n} images, but the split holds {len(dataset)}: use a limit between 1 and {len(dataset)}")
+    return dataset.subset(stratified_indices(dataset.labels, n))
+
+
+def resize_dataset(dataset: ImageDataset, image_size: int) -> ImageDataset:
+    """``dataset`` resized to ``image_size`` pixels square (Pillow bicubic; CIFAR-10 at 64x64, say)."""
+    images = np.stack([np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.Resampling.BICUBIC))
+                       for img in dataset.images.permute(0, 2, 3, 1).numpy()])
+    info = {**dataset.info, "resized": f"{dataset.image_size} -> {image_size} px (bicubic)"}
+    return ImageDataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), dataset.labels,
+                        dataset.class_names, dataset.name, info)
 
 
 def load_dataset(root: str | os.PathLike, train: bool, download: bool = True,
-                 class_names: tuple[str, ...] | None = None) -> ImageDataset:
-    """Load a split from ``root``: CIFAR-10 (official layout) or an image folder.
-
-    An image folder with ``train/`` and ``test/`` sub-folders gives both splits; a single
-    ``root/<class>/`` folder serves as both (so test figures are then on training images).
-    Otherwise CIFAR-10 is read (downloaded if absent).
-    """
-    root = Path(root)
-    if not has_cifar10(root) and is_image_folder(root):
-        split = root / ("train" if train else "test")
-        return load_image_folder(split if split.is_dir() else root, class_names=class_names)
-    return load_cifar10(root, train=train, download=download)
+                 class_names: tuple[str, ...] | None = None, image_size: int = 32,
+                 test_fraction: float = 0.1) -> ImageDataset:
+    """One split of the data in ``root`` (see :func:`load_splits`)."""
+    splits = load_splits(root, image_size=image_size, test_fraction=test_fraction, download=download, progress=False)
+    dataset = splits[0 if train else 1]
+    if class_names is not None and tuple(class_names) != dataset.class_names:
+        raise DataError(f"{root} has classes {', '.join(dataset.class_names)}, expected {', '.join(class_names)}")
+    return dataset
 
 
 # --------------------------------------------------------------------------------------------

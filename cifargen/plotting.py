@@ -113,18 +113,27 @@ def plot_curves(epochs: Sequence[int], curves: dict[str, Sequence[float]], path:
 
 
 def plot_confusion(confusion, class_names: Sequence[str], path: str | os.PathLike, title: str) -> None:
-    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    """Confusion matrix (rows: true class, columns: predicted); counts in the cells and class names on
+    the axes while they stay readable (up to 20 classes), a colour bar and sparser ticks beyond."""
     plt = _pyplot()
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    n = len(class_names)
+    side = min(20.0, max(7.0, 0.16 * n))
+    fig, ax = plt.subplots(figsize=(side, side * 6 / 7))
+    shown = ax.imshow(matrix, cmap="Blues")
+    ticks = range(n) if n <= 50 else range(0, n, max(1, n // 25))
+    fontsize = 8 if n <= 20 else 6
+    ax.set_xticks(list(ticks), [class_names[i] for i in ticks], rotation=90 if n > 20 else 45,
+                  ha="center" if n > 20 else "right", fontsize=fontsize)
+    ax.set_yticks(list(ticks), [class_names[i] for i in ticks], fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
-                color="white" if value > matrix.max() / 2 else "black")
+    if n <= 20:
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                    color="white" if value > matrix.max() / 2 else "black")
+    else:
+        fig.colorbar(shown, ax=ax, fraction=0.04)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -31,10 +31,10 @@ import torch
 from scipy import linalg
 from scipy.spatial.distance import pdist
 
-from .data import BatchLoader, ImageDataset, to_float
+from .data import CIFAR10_CLASSES, BatchLoader, ImageDataset, to_float
 from .modelfile import WEIGHTS, load
 from .priors import distance_ratio, nearest_distances
-from .recipes.classifier import default_classifier_dir
+from .recipes.classifier import classifier_dir_for, default_classifier_dir
 from .runtime import autocast
 
 QUALITY_SAMPLES = 10_000
@@ -42,13 +42,58 @@ NN_SAMPLES = 1000  # samples (and test images) whose nearest training image is l
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
-def reference_classifier_path(path: str | os.PathLike | None = None) -> Path:
-    """The reference classifier's folder: ``path`` or the default cache folder."""
-    return Path(path) if path else default_classifier_dir()
+def reference_classifier_path(path: str | os.PathLike | None = None, data: ImageDataset | None = None) -> Path:
+    """The reference classifier's folder: ``path``, or the cache folder of ``data``'s data set
+    (CIFAR-10 at 32x32 without one)."""
+    if path:
+        return Path(path)
+    return classifier_dir_for(data.identity()) if data is not None else default_classifier_dir()
 
 
-def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu"):
-    """The trained reference classifier, or None when ``cifargen classifier train`` has not been run."""
+def trained_on(model) -> dict | None:
+    """The identity (name, classes, image size) of the data set a loaded model was trained on.
+
+    Models saved before identities were recorded: CIFAR-10 when their classes are CIFAR-10's."""
+    metrics = model.model_config.get("metrics", {})
+    if isinstance(metrics.get("data"), dict):
+        return metrics["data"]
+    names = list(getattr(model, "class_names", ()) or ())
+    size = getattr(getattr(model, "config", None), "image_size", 32)
+    return {"name": "cifar10", "class_names": names, "image_size": size} if names == list(CIFAR10_CLASSES) else None
+
+
+def describe_identity(identity: dict | None) -> str:
+    if identity is None:
+        return "an unrecorded data set"
+    return f"{identity['name']} ({len(identity['class_names'])} classes, {identity['image_size']}x{identity['image_size']})"
+
+
+def find_reference_classifier(data: ImageDataset, path: str | os.PathLike | None = None,
+                              device="cpu") -> tuple[object | None, str | None]:
+    """The reference classifier of ``data``'s data set, or (None, a one-line reason).
+
+    Sample-quality figures are only ever measured with a classifier of the same data set (name,
+    classes, image size); ``path`` names one explicitly, and is refused if it belongs to another.
+    """
+    identity = data.identity()
+    folders = [Path(path)] if path else [classifier_dir_for(identity), default_classifier_dir().parent]
+    train_hint = "train one with: cifargen classifier train --data-dir DIR (the data the models were trained on)"
+    for folder in folders:
+        if not (folder / WEIGHTS).is_file():
+            continue
+        classifier = load(folder, device)
+        if trained_on(classifier) == identity:
+            return classifier, None
+        if path:
+            return None, (f"the classifier in {folder} was trained on {describe_identity(trained_on(classifier))}, "
+                          f"not on {describe_identity(identity)}; {train_hint}")
+    return None, f"no reference classifier for {describe_identity(identity)} in {classifier_dir_for(identity)} ({train_hint})"
+
+
+def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu", data: ImageDataset | None = None):
+    """The reference classifier (of ``data``'s data set when given), or None when there is none."""
+    if data is not None:
+        return find_reference_classifier(data, path, device)[0]
     folder = reference_classifier_path(path)
     if not (folder / WEIGHTS).is_file():
         return None

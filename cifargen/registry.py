@@ -33,12 +33,12 @@ class ModelKind:
     config_class: type[TrainConfig]         # its training configuration dataclass
     recipe_class: type[Recipe]              # how it trains
     evaluate: Callable                      # (model, test_set, device, autocast_dtype) -> test figures
-    default_out: str | Callable[[], Path]   # run folder; a callable is resolved when used (it reads the environment)
+    default_out: str | Callable[..., Path]  # run folder; a callable (of the training configuration) is resolved when used
     generative: bool = True                 # has generate(n, y, generator) and decode(z, y)
 
-    def out_dir(self) -> Path:
-        """The default run folder."""
-        return Path(self.default_out() if callable(self.default_out) else self.default_out)
+    def out_dir(self, config: TrainConfig | None = None) -> Path:
+        """The default run folder (of a run with ``config``, for kinds whose folder depends on the data)."""
+        return Path(self.default_out(config) if callable(self.default_out) else self.default_out)
 
     def default_config(self, **overrides) -> TrainConfig:
         """The default training configuration, with ``overrides`` applied."""

@@ -42,6 +42,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+CACHE_ENV = "CIFARGEN_CACHE"
+
+
+def cache_root() -> Path:
+    """cifargen's cache folder: ``$CIFARGEN_CACHE``, else ``$XDG_CACHE_HOME/cifargen`` or ``~/.cache/cifargen``."""
+    cache = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cifargen"
+    return Path(cache)
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (logical CPUs when the topology is unreadable)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))

@@ -14,6 +14,14 @@ UPSCALE = 4          # nearest-neighbour, so that a 32x32 sample is visible in t
 DECODE_BATCH = 500   # images decoded at once: memory stays bounded whatever --n asks for
 LABELLED_UP_TO = 200  # grids of at most this many samples get class names above each image
 INTERPOLATION_STEPS = 10
+MAX_CLASS_ROWS = 10  # interpolation rows of a conditional model: evenly spaced classes when it has more
+
+
+def shown_classes(num_classes: int, most: int = MAX_CLASS_ROWS) -> list[int]:
+    """Up to ``most`` classes, evenly spaced over ``num_classes`` (all of them when there are few)."""
+    if num_classes <= most:
+        return list(range(num_classes))
+    return sorted({round(i * (num_classes - 1) / (most - 1)) for i in range(most)})
 
 
 def default_prior(model) -> str:
@@ -39,9 +47,10 @@ def draw_samples(model, n: int, seed: int, prior: str = "standard") -> tuple[tor
 @torch.inference_mode()
 def interpolation(model, seed: int, prior: str = "standard", steps: int = INTERPOLATION_STEPS) -> tuple[torch.Tensor, list[int]]:
     """Decode codes on the straight line between the code drawn with ``seed`` and with ``seed + 1``:
-    one row (for conditional models one row per class, each class's own codes)."""
+    one row (for conditional models one row per class, up to ``MAX_CLASS_ROWS`` classes, each
+    class's own codes)."""
     device = next(model.parameters()).device
-    rows = list(range(model.config.num_classes)) if model.conditional else [None]
+    rows = shown_classes(model.config.num_classes) if model.conditional else [None]
     t = torch.linspace(0, 1, steps).view(-1, 1)
     images = []
     for c in rows:

@@ -38,8 +38,10 @@ CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.json"
 LAST_MODEL = "last"  # the final epoch's model file, beside the best one
+SKIPPED_IMAGES = "skipped_images.txt"  # image files of the data folder that could not be read
 # What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
-LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS))
+LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS,
+                                                         SKIPPED_IMAGES))
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Trainer:
         elif self.config.overwrite and self.is_main:
             remove_run_outputs(self.out_dir, self.recipe.output_files)
         if self.is_main:
+            write_skipped_list(self.out_dir, self.train_set, self.test_set, self.log)
             for path in remove_leftover_temporaries(self.out_dir, (WEIGHTS, PRIOR_WEIGHTS)):
                 self.log(f"removed {path.name}, left by a write that was killed midway")
         if self.world_size > 1:  # identical weights, but each rank draws its own noise
@@ -269,7 +272,8 @@ class Trainer:
         """The recipe's network as it is now, as ``model.safetensors`` and ``config.json`` in ``folder``."""
         save_model(self.recipe.export_model(), folder, self.recipe.class_names, training=self.config.to_dict(),
                    metrics={"epoch": epoch, "best_epoch": metrics["best_epoch"], "test": self.state.history[epoch - 1]["test"],
-                            "best": metrics["best"], "precision": metrics["precision"], "device": metrics["device"]})
+                            "best": metrics["best"], "precision": metrics["precision"], "device": metrics["device"],
+                            "data": self.train_set.identity()})
 
     # --- helpers --------------------------------------------------------------------------
     def wall(self) -> float:
@@ -301,6 +305,7 @@ class Trainer:
             "last": state.history[-1]["test"] if state.history else None,
             "history": state.history,
             "config": config.to_dict(),
+            "data": describe_splits(self.train_set, self.test_set),
             "seed": config.seed,
             "device": str(recipe.device),
             "device_name": device_name(recipe.device),
@@ -329,6 +334,25 @@ def _summary_line(epoch: int, epochs: int, logged: dict, train: dict, test: dict
     parts += [f"test {k} {v:.4f}" for k, v in test.items()]
     parts.append(f"{seconds:.1f}s" + (" *best*" if best else ""))
     return " | ".join(parts)
+
+
+def describe_splits(train_set: ImageDataset, test_set: ImageDataset) -> dict:
+    """The data set's identity and how each split was made, for ``metrics.json``."""
+    def split(dataset: ImageDataset) -> dict:
+        info = {k: v for k, v in dataset.info.items() if k != "skipped"}
+        return {"images": len(dataset), **info, "skipped_files": len(dataset.info.get("skipped", []))}
+    return {**train_set.identity(), "train": split(train_set), "test": split(test_set)}
+
+
+def write_skipped_list(out: Path, train_set: ImageDataset, test_set: ImageDataset, log) -> None:
+    """List the data folder's unreadable files in the run folder (``skipped_images.txt``), and say how many."""
+    skipped = [(name, split.info.get("source", ""), file, reason) for name, split in (("train", train_set), ("test", test_set))
+               for file, reason in split.info.get("skipped", [])]
+    if not skipped:
+        return
+    lines = [f"{source}/{file}\t{reason}" for _, source, file, reason in skipped]
+    (out / SKIPPED_IMAGES).write_text("\n".join(lines) + "\n")
+    log(f"skipped {len(skipped)} image file(s) that could not be read; the list is in {out / SKIPPED_IMAGES}")
 
 
 def make_run_dir(out: Path) -> None:

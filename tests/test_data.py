@@ -126,10 +126,11 @@ def test_image_folder(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     (tmp_path / "cat").mkdir()
-    with pytest.raises(DataError, match="no .png or .jpg"):
-        load_image_folder(tmp_path)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="holds no data cifargen reads"):
+        load_dataset(tmp_path, train=True)
     (tmp_path / "cat" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match="none of the 1 image files"):
         load_image_folder(tmp_path)
 
 

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .layers import Dropout, Flatten, group_norm
-from .vae import Decoder, Samples, VAEConfig, leaky_relu, sample_classes, standard_normal_latents
+from .vae import (Decoder, Samples, VAEConfig, check_levels, leaky_relu, levels_for, sample_classes,
+                  standard_normal_latents)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ACGANConfig:
     latent_dim: int = 128
     width: int = 32            # generator: channels before the image, as the VAE decoder
     d_width: int = 32          # discriminator: channels after its first convolution
-    num_downsamples: int = 3
+    num_downsamples: int | None = None  # None: follow image_size down to 4x4 (3 at 32x32)
     convs_per_level: int = 1   # generator, as the VAE decoder's
     image_size: int = 32
     image_channels: int = 3
@@ -44,6 +45,12 @@ class ACGANConfig:
             raise ConfigError(f"norm_group_size must be positive (or None), got {self.norm_group_size}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_levels(self.image_size, self.downsamples)
+
+    @property
+    def downsamples(self) -> int:
+        """Down-sampling levels: ``num_downsamples``, or as many as take ``image_size`` down to about 4x4."""
+        return self.num_downsamples if self.num_downsamples is not None else levels_for(self.image_size)
 
     def decoder_config(self) -> VAEConfig:
         return VAEConfig(latent_dim=self.latent_dim, width=self.width, num_downsamples=self.num_downsamples,
@@ -78,13 +85,13 @@ class Discriminator(nn.Module):
         layers = [wrap(nn.Conv2d(config.image_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
         norm = {"batch": nn.BatchNorm2d, "group": lambda channels: group_norm(channels, config.norm_group_size),
                 "none": lambda channels: nn.Identity()}[config.norm]
-        for _ in range(config.num_downsamples):
+        for _ in range(config.downsamples):
             layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2),
                        wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
                        Dropout(config.dropout)]
             c *= 2
         self.trunk = nn.Sequential(*layers, Flatten())
-        features = c * (config.image_size // 2 ** config.num_downsamples) ** 2
+        features = c * (config.image_size // 2 ** config.downsamples) ** 2
         self.adv_head = wrap(nn.Linear(features, 1))
         self.class_head = nn.Linear(features, config.num_classes)
 

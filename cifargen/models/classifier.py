@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .vae import levels_for
 
 
 @dataclass
@@ -25,18 +26,26 @@ class ClassifierConfig:
     """Architecture of the reference classifier. The defaults are the ones behind the headline accuracy."""
 
     width: int = 32
-    num_levels: int = 4        # resolutions 32, 16, 8, 4
+    num_levels: int | None = None  # resolutions; None: follow image_size down to 4x4 (32, 16, 8, 4)
+    image_size: int = 32
     image_channels: int = 3
     num_classes: int = 10
 
     def __post_init__(self):
-        for name in ("width", "num_levels", "image_channels", "num_classes"):
+        for name in ("width", "image_size", "image_channels", "num_classes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.levels <= 0:
+            raise ConfigError(f"num_levels must be positive, got {self.num_levels}")
+
+    @property
+    def levels(self) -> int:
+        """Resolutions: ``num_levels``, or one per halving of ``image_size`` down to about 4x4, plus the first."""
+        return self.num_levels if self.num_levels is not None else levels_for(self.image_size) + 1
 
     @property
     def feature_dim(self) -> int:
-        return self.width * 2 ** (self.num_levels - 1)
+        return self.width * 2 ** (self.levels - 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +82,7 @@ class Classifier(nn.Module):
         self.config = config
         c = config.width
         layers = [conv_bn_relu(config.image_channels, c), ResidualBlock(c)]
-        for _ in range(config.num_levels - 1):
+        for _ in range(config.levels - 1):
             layers += [conv_bn_relu(c, 2 * c, stride=2), ResidualBlock(2 * c)]
             c *= 2
         self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())

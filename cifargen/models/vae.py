@@ -27,7 +27,7 @@ class VAEConfig:
 
     latent_dim: int = 512
     width: int = 32            # channels after the first convolution; doubled at every down-sampling
-    num_downsamples: int = 3   # 32x32 -> 4x4
+    num_downsamples: int | None = None  # None: follow image_size down to 4x4 (3 at 32x32, 4 at 64x64)
     convs_per_level: int = 1   # 3x3 convolutions per resolution, the re-sampling one included
     image_size: int = 32
     image_channels: int = 3
@@ -41,21 +41,41 @@ class VAEConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.convs_per_level < 1:
             raise ConfigError(f"convs_per_level must be at least 1, got {self.convs_per_level}")
-        if self.num_downsamples < 2:
-            raise ConfigError("num_downsamples must be at least 2 (the U-Net shape needs two levels)")
-        if self.image_size % (2 ** self.num_downsamples):
-            raise ConfigError(f"image_size {self.image_size} is not divisible by 2**num_downsamples")
+        check_levels(self.image_size, self.downsamples)
+
+    @property
+    def downsamples(self) -> int:
+        """Down-sampling levels: ``num_downsamples``, or as many as take ``image_size`` down to about 4x4."""
+        return self.num_downsamples if self.num_downsamples is not None else levels_for(self.image_size)
 
     @property
     def bottleneck_channels(self) -> int:
-        return self.width * 2 ** self.num_downsamples
+        return self.width * 2 ** self.downsamples
 
     @property
     def bottleneck_size(self) -> int:
-        return self.image_size // 2 ** self.num_downsamples
+        return self.image_size // 2 ** self.downsamples
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def levels_for(image_size: int) -> int:
+    """The most halvings that keep ``image_size`` whole and at least 4 pixels (32 -> 3, 64 -> 4, 48 -> 3)."""
+    levels = 0
+    while image_size % 2 ** (levels + 1) == 0 and image_size // 2 ** (levels + 1) >= 4:
+        levels += 1
+    return levels
+
+
+def check_levels(image_size: int, levels: int) -> None:
+    """The U-Net shape needs at least two down-sampling levels, each halving a whole number of pixels."""
+    if levels < 2:
+        raise ConfigError(f"image size {image_size} allows {levels} down-sampling level(s), the U-Net shape needs 2: "
+                          "use an image size that is a multiple of 4 and at least 16 (32, 48, 64, ...)")
+    if image_size % 2 ** levels:
+        raise ConfigError(f"image size {image_size} is not divisible by 2**{levels} (num_downsamples {levels}); "
+                          "use another image size or number of levels")
 
 
 def conv_block(in_channels: int, out_channels: int, stride: int, activation: type[nn.Module]) -> nn.Sequential:
@@ -87,7 +107,7 @@ class Encoder(nn.Module):
         super().__init__()
         c = config.width
         layers = [conv_block(config.image_channels, c, stride=1, activation=nn.ReLU)]
-        for _ in range(config.num_downsamples):
+        for _ in range(config.downsamples):
             layers.append(conv_block(c, 2 * c, stride=2, activation=nn.ReLU))
             c *= 2
             layers += [conv_block(c, c, stride=1, activation=nn.ReLU) for _ in range(config.convs_per_level - 1)]
@@ -129,7 +149,7 @@ class Decoder(nn.Module):
             activation(),
         )
         ups = []
-        for _ in range(config.num_downsamples):
+        for _ in range(config.downsamples):
             ups.append(up_block(c, c // 2, activation))
             c //= 2
             ups += [conv_block(c, c, stride=1, activation=activation) for _ in range(config.convs_per_level - 1)]

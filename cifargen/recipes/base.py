@@ -30,6 +30,9 @@ class TrainConfig:
     device: str = "auto"
     data_dir: str = field(default_factory=default_data_dir)
     out: str | None = None         # run folder; default: the model's folder under visualize/
+    dataset: str = "auto"          # auto (detected from data_dir), cifar10 or folder
+    image_size: int = 32           # pixels; images are resized (folders: shorter side, then center crop)
+    test_fraction: float = 0.1     # image folders without test/: the held-out share (seeded, stratified)
     limit_train: int | None = None
     limit_test: int | None = None
     precision: str = "auto"        # auto: bf16 autocast where the hardware has it, else fp32
@@ -55,6 +58,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.seed < 2 ** 63:
             raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if self.image_size < 16 or self.image_size % 4:
+            raise ConfigError(f"--image-size must be a multiple of 4 and at least 16, got {self.image_size}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
 

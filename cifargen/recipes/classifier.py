@@ -7,7 +7,8 @@ so it lives in the user's cache folder rather than in a run folder of ``visualiz
 
 from __future__ import annotations
 
-import os
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,21 +16,30 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import flip_and_translate
-from ..data import ImageDataset
+from ..data import CIFAR10_CLASSES, ImageDataset, peek_identity
 from ..evaluation import classifier_accuracy
 from ..models.classifier import Classifier, ClassifierConfig
 from ..plotting import plot_curves
-from ..runtime import autocast
+from ..runtime import CACHE_ENV, autocast, cache_root  # noqa: F401 (CACHE_ENV re-exported)
 from .base import Recipe, TrainConfig
 
-CACHE_ENV = "CIFARGEN_CACHE"
 
 
-def default_classifier_dir() -> Path:
-    """Where ``cifargen classifier train`` writes and the quality figures look: ``$CIFARGEN_CACHE/classifier``
-    (default ``~/.cache/cifargen/classifier``)."""
-    cache = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cifargen"
-    return Path(cache) / "classifier"
+def classifier_dir_for(identity: dict) -> Path:
+    """The cache folder of the reference classifier of one data set (name, classes, image size):
+    ``$CIFARGEN_CACHE/classifier/<name>-<N>classes-<S>px-<digest of the class names>``."""
+    names = identity["class_names"]
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", identity["name"]).strip("._") or "data"
+    return cache_root() / "classifier" / f"{slug}-{len(names)}classes-{identity['image_size']}px-{digest}"
+
+
+def default_classifier_dir(config: TrainConfig | None = None) -> Path:
+    """Where ``cifargen classifier train`` writes and the quality figures look: the cache folder of
+    the data set that ``config`` trains on (CIFAR-10 at 32x32 without one)."""
+    if config is None:
+        return classifier_dir_for({"name": "cifar10", "class_names": list(CIFAR10_CLASSES), "image_size": 32})
+    return classifier_dir_for(peek_identity(config.data_dir, config.dataset, config.image_size))
 
 
 @dataclass(kw_only=True)
@@ -63,7 +73,7 @@ class ClassifierRecipe(Recipe):
 
     def __init__(self, config: ClassifierTrainConfig, class_names, device, autocast_dtype, steps_per_epoch):
         super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
-        arch = ClassifierConfig(**{**config.arch.to_dict(), "num_classes": len(class_names)})
+        arch = ClassifierConfig(**{**config.arch.to_dict(), "num_classes": len(class_names), "image_size": config.image_size})
         self.model = Classifier(arch).to(device, memory_format=torch.channels_last)
         self.modules = {"model": self.model}
         self.step_model = self.wrap(self.model)
