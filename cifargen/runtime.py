@@ -33,12 +33,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                              "use one of those or auto")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    # torch would quietly ignore the index of a CPU or of the one MPS device: refuse it instead.
+    if device.type in ("cpu", "mps") and device.index not in (None, 0):
+        raise ConfigError(f"--device {name}: there is no {device.type} device {device.index}; use --device {device.type}")
     return device
 
 
