@@ -25,9 +25,9 @@ from .priors import PriorConfig, fit_prior
 from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, load_reference_classifier, quality_report, reference_classifier_path
 from .registry import model_kind
-from .runtime import atomic_write_json, distributed_env, resolve_precision
-from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
-                       setup_runtime)
+from .runtime import atomic_write_json, distributed_env, is_out_of_memory, resolve_precision
+from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_model_fits, check_run_dir, fit, load_checkpoint,
+                       make_run_dir, out_of_memory_error, setup_runtime)
 
 
 def train(config, log=None) -> dict:
@@ -39,6 +39,7 @@ def train(config, log=None) -> dict:
     kind = model_kind(config.model)
     log = log or (lambda line: print(line, file=sys.stderr))
     device, dtype = setup_runtime(config)
+    check_model_fits(config, kind.model_class, device)
     out = Path(config.out) if config.out else kind.out_dir()
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
@@ -52,8 +53,13 @@ def train(config, log=None) -> dict:
         test_set = load_dataset(config.data_dir, train=False, class_names=train_set.class_names).head(config.limit_test)
         if world_size > 1 and rank == 0:
             torch.distributed.barrier()
-        recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
-                                   steps_per_epoch(len(train_set), config.batch_size, world_size))
+        try:
+            recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
+                                       steps_per_epoch(len(train_set), config.batch_size, world_size))
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory_error(exc, config, device, "building the networks, before any training") from None
         metrics = fit(recipe, train_set, test_set, out, log=log)
         if rank == 0 and config.quality and kind.generative:
             quality = measure_sample_quality(out, train_set, test_set, device, dtype, log, config.quality_samples)

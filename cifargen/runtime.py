@@ -48,6 +48,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """All the memory a run on ``device`` could use: the GPU's total memory for CUDA, the machine's
+    physical memory otherwise (MPS shares it); None when the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
+        return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure of torch (GPU or CPU allocator)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "Cannot allocate memory"))
+
+
 def physical_cores() -> int:
     """Physical CPU cores available to this process (logical CPUs when the topology is unreadable)."""
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
