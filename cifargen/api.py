@@ -77,13 +77,16 @@ def evaluate_model(model, test_set: ImageDataset, device, autocast_dtype=None) -
 def measure_sample_quality(run_dir: Path, train_set: ImageDataset, test_set: ImageDataset, device, dtype,
                            log, n: int = QUALITY_SAMPLES) -> dict | None:
     """Sample-quality figures of the run's best model with the reference classifier, or None
-    (and one line to ``log``) when no reference classifier has been trained."""
+    (and one line to ``log``) when no reference classifier has been trained; ``{"skipped": reason, ...}``
+    (and that line) when it is too weak to measure anything."""
     classifier = load_reference_classifier(device=device)
     if classifier is None:
         log(f"sample-quality figures skipped: no reference classifier in {reference_classifier_path()} "
             "(train one with: cifargen classifier train)")
         return None
     report = quality_report(load(run_dir, device), classifier, test_set, device, dtype, n=n, train_set=train_set)
+    if "skipped" in report:
+        log(f"sample-quality figures skipped: {report['skipped']}")
     for name, figures in report.items():
         if isinstance(figures, dict) and name != "classifier":
             log(f"sample quality ({name}): " + _figures_line(figures))
