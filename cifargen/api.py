@@ -25,9 +25,9 @@ from .priors import PriorConfig, fit_prior
 from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, find_reference_classifier, quality_report
 from .registry import model_kind
-from .runtime import atomic_write_json, distributed_env, resolve_precision
-from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
-                       setup_runtime)
+from .runtime import atomic_write_json, distributed_env, is_out_of_memory, resolve_precision
+from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_model_fits, check_run_dir, fit, load_checkpoint,
+                       make_run_dir, out_of_memory_error, setup_runtime)
 
 
 def train(config, log=None) -> dict:
@@ -39,6 +39,7 @@ def train(config, log=None) -> dict:
     kind = model_kind(config.model)
     log = log or (lambda line: print(line, file=sys.stderr))
     device, dtype = setup_runtime(config)
+    check_model_fits(config, kind.model_class, device)
     out = Path(config.out) if config.out else kind.out_dir(config)
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
@@ -52,8 +53,13 @@ def train(config, log=None) -> dict:
                                             log=log if rank == 0 else None)
         if world_size > 1 and rank == 0:
             torch.distributed.barrier()
-        recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
-                                   steps_per_epoch(len(train_set), config.batch_size, world_size))
+        try:
+            recipe = kind.recipe_class(config, train_set.class_names, device, dtype,
+                                       steps_per_epoch(len(train_set), config.batch_size, world_size))
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory_error(exc, config, device, "building the networks, before any training") from None
         metrics = fit(recipe, train_set, test_set, out, log=log)
         if rank == 0 and config.quality and kind.generative:
             quality = measure_sample_quality(out, train_set, test_set, device, dtype, log, config.quality_samples)
@@ -82,12 +88,15 @@ def evaluate_model(model, test_set: ImageDataset, device, autocast_dtype=None) -
 def measure_sample_quality(run_dir: Path, train_set: ImageDataset, test_set: ImageDataset, device, dtype,
                            log, n: int = QUALITY_SAMPLES) -> dict | None:
     """Sample-quality figures of the run's best model with the reference classifier, or None
-    (and one line to ``log``) when no reference classifier has been trained."""
+    (and one line to ``log``) when no reference classifier has been trained; ``{"skipped": reason, ...}``
+    (and that line) when it is too weak to measure anything."""
     classifier, reason = find_reference_classifier(test_set, device=device)
     if classifier is None:
         log(f"sample-quality figures skipped: {reason}")
         return None
     report = quality_report(load(run_dir, device), classifier, test_set, device, dtype, n=n, train_set=train_set)
+    if "skipped" in report:
+        log(f"sample-quality figures skipped: {report['skipped']}")
     for name, figures in report.items():
         if isinstance(figures, dict) and name != "classifier":
             log(f"sample quality ({name}): " + _figures_line(figures))

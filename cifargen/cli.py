@@ -367,6 +367,8 @@ def _quality_figures(args: argparse.Namespace, model, train_set, test_set, devic
     else:
         figures["quality"] = quality_report(model, classifier, test_set, device, dtype, n=args.quality_samples,
                                             train_set=train_set)
+        if "skipped" in figures["quality"]:
+            note(f"sample-quality figures skipped: {figures['quality']['skipped']}")
     inception = inception_metrics(model, test_set, device, args.inception_weights, n=args.quality_samples, log=note)
     figures.update(inception or {})
     return figures

@@ -145,12 +145,22 @@ def read_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_class_names(raw: bytes, source: str) -> tuple[str, ...]:
+    """The class names in a ``batches.meta`` file: one distinct, non-empty name per label 0..9."""
+    fix = "delete it or point --data-dir at a good copy"
     try:
         meta = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        names = meta[b"label_names"]
-        return tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+        names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[b"label_names"])
     except Exception:
-        raise DataError(f"{source} is not a valid CIFAR-10 batches.meta file; delete it or point --data-dir at a good copy") from None
+        raise DataError(f"{source} is not a valid CIFAR-10 batches.meta file; {fix}") from None
+    # The batch files' labels run 0..9 (read_cifar_batch checks it), so label i must name names[i].
+    if len(names) != len(CIFAR10_CLASSES):
+        raise DataError(f"{source} lists {len(names)} class names, but CIFAR-10 labels run 0..{len(CIFAR10_CLASSES) - 1} "
+                        f"and need {len(CIFAR10_CLASSES)}; {fix}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated or not all(n.strip() for n in names):
+        problem = f"repeats {', '.join(map(repr, repeated))}, so labels would share a name" if repeated else "has an empty name"
+        raise DataError(f"{source}: the class list {problem}; {fix}")
+    return names
 
 
 def _batch_files(root: Path, names: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:

@@ -38,6 +38,9 @@ from .recipes.classifier import classifier_dir_for, default_classifier_dir
 from .runtime import autocast
 
 QUALITY_SAMPLES = 10_000
+# A reference classifier near chance measures nothing: its test accuracy must reach CHANCE_MULTIPLE
+# times chance (0.5 for ten classes; halfway from chance to 1 where that is lower, as for 2-5 classes).
+CHANCE_MULTIPLE = 5
 NN_SAMPLES = 1000  # samples (and test images) whose nearest training image is looked up
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -98,6 +101,29 @@ def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu
     if not (folder / WEIGHTS).is_file():
         return None
     return load(folder, device)
+
+
+def minimum_accuracy(num_classes: int) -> float:
+    """The test accuracy a reference classifier of ``num_classes`` classes needs before its figures
+    are reported: ``CHANCE_MULTIPLE`` times chance, or halfway from chance to 1 if that is lower."""
+    chance = 1 / num_classes
+    return min(CHANCE_MULTIPLE * chance, (1 + chance) / 2)
+
+
+def reference_classifier_problem(classifier, identity: dict | None = None) -> str | None:
+    """Why ``classifier`` cannot measure sample quality (no recorded test accuracy, or one below
+    :func:`minimum_accuracy`), or None when it can."""
+    identity = identity or classifier_identity(classifier)
+    accuracy, needed = identity.get("test_accuracy"), minimum_accuracy(classifier.config.num_classes)
+    where = Path(classifier.weights_path).parent if getattr(classifier, "weights_path", None) else "the cache"
+    fix = "train a better one with: cifargen classifier train --overwrite"
+    if not isinstance(accuracy, (int, float)):
+        return f"the reference classifier in {where} records no test accuracy; {fix}"
+    if accuracy < needed:
+        return (f"the reference classifier in {where} has test accuracy {accuracy:.3f}, below the {needed:.2f} "
+                f"({CHANCE_MULTIPLE}x chance for {classifier.config.num_classes} classes) its figures need to mean "
+                f"anything; {fix}")
+    return None
 
 
 @torch.inference_mode()
@@ -265,8 +291,13 @@ def quality_report(model, classifier, test_set: ImageDataset, device, autocast_d
     """Every sample-quality figure of a generator, with the classifier that measured them.
 
     A model with a latent prior to choose (VAE, CVAE) gets one set per prior, ``standard`` and
-    (once fitted) ``fitted``, and ``reconstruction``, the ceiling; others get one set.
+    (once fitted) ``fitted``, and ``reconstruction``, the ceiling; others get one set. A classifier
+    too weak to mean anything gives ``{"skipped": reason, "classifier": ...}`` and no figures.
     """
+    identity = classifier_identity(classifier)
+    problem = reference_classifier_problem(classifier, identity)
+    if problem is not None:
+        return {"skipped": problem, "classifier": identity}
     reference = Reference.measure(classifier, test_set, device, autocast_dtype, train_set)
     if hasattr(model, "fitted_prior"):
         priors = ["standard"] + (["fitted"] if model.fitted_prior is not None else [])
@@ -276,7 +307,7 @@ def quality_report(model, classifier, test_set: ImageDataset, device, autocast_d
                                                           reference)
     else:
         report = sample_quality(model, classifier, test_set, device, autocast_dtype, n, reference=reference)
-    report["classifier"] = classifier_identity(classifier)
+    report["classifier"] = identity
     return report
 
 

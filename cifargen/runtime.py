@@ -33,12 +33,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                              "use one of those or auto")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    # torch would quietly ignore the index of a CPU or of the one MPS device: refuse it instead.
+    if device.type in ("cpu", "mps") and device.index not in (None, 0):
+        raise ConfigError(f"--device {name}: there is no {device.type} device {device.index}; use --device {device.type}")
     return device
 
 
@@ -49,6 +55,26 @@ def cache_root() -> Path:
     """cifargen's cache folder: ``$CIFARGEN_CACHE``, else ``$XDG_CACHE_HOME/cifargen`` or ``~/.cache/cifargen``."""
     cache = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cifargen"
     return Path(cache)
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """All the memory a run on ``device`` could use: the GPU's total memory for CUDA, the machine's
+    physical memory otherwise (MPS shares it); None when the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[1]
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
+        return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure of torch (GPU or CPU allocator)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "Cannot allocate memory"))
 
 
 def physical_cores() -> int:

@@ -30,8 +30,8 @@ from .errors import ConfigError, TrainingError
 from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
-from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
-                      keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
+from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, device_memory_bytes, distributed_env,
+                      init_distributed, is_out_of_memory, keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
                       seed_everything, set_rng_state)
 
 CHECKPOINT = "last.pt"
@@ -42,6 +42,9 @@ SKIPPED_IMAGES = "skipped_images.txt"  # image files of the data folder that cou
 # What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
 LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS,
                                                          SKIPPED_IMAGES))
+# Training memory per parameter: float32 weights, gradients and Adam's two moments. A lower bound
+# (activations come on top), so a run refused for it could never have trained.
+BYTES_PER_PARAMETER = 16
 
 
 @dataclass
@@ -148,13 +151,20 @@ class Trainer:
     def fit(self) -> dict:
         """Train, evaluating after every epoch; returns the final ``metrics.json`` content."""
         self.start_run()
-        with _StopRequest(enabled=self.world_size == 1) as stop:
-            for epoch in range(self.state.next_epoch, self.config.epochs):
-                epoch_start = time.perf_counter()
-                logged, sums = self.train_epoch(epoch, stop)
-                train_means = self.reduce_and_check(epoch, sums)
-                test_metrics = self.evaluate(epoch)
-                self.end_epoch(epoch, logged, train_means, test_metrics, time.perf_counter() - epoch_start)
+        epoch = self.state.next_epoch
+        try:
+            with _StopRequest(enabled=self.world_size == 1) as stop:
+                for epoch in range(self.state.next_epoch, self.config.epochs):
+                    epoch_start = time.perf_counter()
+                    logged, sums = self.train_epoch(epoch, stop)
+                    train_means = self.reduce_and_check(epoch, sums)
+                    test_metrics = self.evaluate(epoch)
+                    self.end_epoch(epoch, logged, train_means, test_metrics, time.perf_counter() - epoch_start)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory_error(exc, self.config, self.recipe.device, f"at epoch {epoch + 1}",
+                                      self._last_good()) from None
         return self.finish()
 
     # --- the steps of fit -----------------------------------------------------------------
@@ -353,6 +363,43 @@ def write_skipped_list(out: Path, train_set: ImageDataset, test_set: ImageDatase
     lines = [f"{source}/{file}\t{reason}" for _, source, file, reason in skipped]
     (out / SKIPPED_IMAGES).write_text("\n".join(lines) + "\n")
     log(f"skipped {len(skipped)} image file(s) that could not be read; the list is in {out / SKIPPED_IMAGES}")
+
+
+def out_of_memory_error(exc: BaseException, config: TrainConfig, device, where: str, saved: str = "") -> TrainingError:
+    """The one-line error for an allocation failure ``where`` in a run: what to reduce, and what was ``saved``."""
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return TrainingError(f"out of memory on {device} {where} ({reason}); reduce --batch-size (now {config.batch_size}) "
+                         f"or the network ({_sizes(config)}) and start again" + (f"; {saved}" if saved else ""))
+
+
+def _sizes(config: TrainConfig) -> str:
+    """``arch.width=64, arch.latent_dim=512``: the settings that make a network large."""
+    arch = config.arch.to_dict() if hasattr(config, "arch") else {}
+    return ", ".join(f"arch.{k}={arch[k]}" for k in ("width", "d_width", "latent_dim") if k in arch)
+
+
+def check_model_fits(config: TrainConfig, model_class, device: torch.device) -> int:
+    """Refuse, before anything is allocated, a network whose training cannot fit in ``device``'s memory.
+
+    The network is built on the meta device to count its parameters; training needs at least
+    ``BYTES_PER_PARAMETER`` bytes per parameter. Returns the parameter count.
+    """
+    try:
+        with torch.device("meta"):
+            arch = config.arch
+            if hasattr(arch, "image_size"):  # the network is built for the run's image size
+                arch = type(arch)(**{**arch.to_dict(), "image_size": config.image_size})
+            parameters = sum(p.numel() for p in model_class(arch).parameters())
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes torch cannot even describe
+        raise ConfigError(f"cannot build the {config.model} with {_sizes(config)} ({str(exc).splitlines()[0][:160]}); "
+                          "reduce them (--width, --latent-dim or --set arch.KEY=VALUE)") from None
+    needed, available = parameters * BYTES_PER_PARAMETER, device_memory_bytes(device)
+    if available is not None and needed > available:
+        raise ConfigError(f"the {config.model} with {_sizes(config)} has {parameters:,} parameters: training needs at "
+                          f"least {needed / 2 ** 30:,.1f} GiB ({BYTES_PER_PARAMETER} bytes each for weights, gradients "
+                          f"and Adam's moments) but {device} has {available / 2 ** 30:,.1f} GiB; reduce them "
+                          "(--width, --latent-dim or --set arch.KEY=VALUE)")
+    return parameters
 
 
 def make_run_dir(out: Path) -> None:

@@ -136,3 +136,23 @@ def test_train_does_not_modify_the_configuration_it_is_given(cifar_root, tmp_pat
     before = dataclasses.asdict(config)
     train(config)
     assert dataclasses.asdict(config) == before
+
+
+@pytest.mark.parametrize("device", ["cuda:3", "mps", "foo"])
+@pytest.mark.parametrize("command", [["train", "vae"], ["train", "acgan"], ["classifier", "train"], ["eval", "RUN"],
+                                     ["sample", "RUN", "--out", "OUT"], ["fit-prior", "RUN"]])
+def test_a_device_that_does_not_exist_is_refused_before_any_data_is_read(command, device, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    missing = tmp_path / "no-data"  # would fail (or start a download) if it were read first
+    argv = [str(tmp_path / "no-run") if a == "RUN" else str(tmp_path / "samples") if a == "OUT" else a for a in command]
+    argv += ["--device", device] + ([] if command[0] == "sample" else ["--data-dir", str(missing)])
+    if command[0] in ("train", "classifier"):
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifargen: ") and len(err.strip().splitlines()) == 1
+    assert device in err and str(tmp_path) not in err
+    assert not missing.exists() and not (tmp_path / "out").exists() and not (tmp_path / "samples").exists()

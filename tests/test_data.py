@@ -199,3 +199,40 @@ def test_wrong_archive_names_the_file(tmp_path):
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(DataError, match="not the CIFAR-10 python archive"):
         load_cifar10(other, train=True, download=False)
+
+
+def _copy_with_meta(cifar_root, tmp_path, label_names):
+    """A copy of the fake CIFAR-10 whose batches.meta lists ``label_names``."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in os.listdir(cifar_root / "cifar-10-batches-py"):
+        (folder / name).write_bytes((cifar_root / "cifar-10-batches-py" / name).read_bytes())
+    meta = {b"label_names": [n.encode() for n in label_names], b"num_cases_per_batch": 64, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
+    return tmp_path
+
+
+@pytest.mark.parametrize("names, problem", [
+    (["airplane", "automobile", "bird", "cat", "deer"], "lists 5 class names"),
+    ([f"c{i}" for i in range(11)], "lists 11 class names"),
+    (["cat"] * 2 + [f"c{i}" for i in range(8)], "repeats 'cat'"),
+    (["", *[f"c{i}" for i in range(9)]], "empty name"),
+])
+def test_class_list_that_disagrees_with_the_labels_names_the_meta_file(cifar_root, tmp_path, names, problem):
+    root = _copy_with_meta(cifar_root, tmp_path, names)
+    for train in (True, False):
+        with pytest.raises(DataError, match="batches.meta") as caught:
+            load_cifar10(root, train=train, download=False)
+        assert problem in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_short_class_list_stops_training_before_any_step(cifar_root, tmp_path, capsys):
+    from cifargen.cli import main
+
+    (tmp_path / "data").mkdir()
+    root = _copy_with_meta(cifar_root, tmp_path / "data", list(data_module.CIFAR10_CLASSES[:5]))
+    assert main(["train", "cvae", "--data-dir", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--limit-train", "64", "--limit-test", "30", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifargen: ") and "batches.meta" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()

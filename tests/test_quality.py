@@ -10,6 +10,7 @@ import torch
 from scipy.stats import entropy
 
 from cifargen import default_config, load, train
+from cifargen import quality as quality_module
 from cifargen.cli import main
 from cifargen.configs import with_settings
 from cifargen.data import load_dataset
@@ -115,6 +116,7 @@ def test_sample_quality_of_a_generator(reference_classifier, cifar_root, tmp_pat
 def test_training_writes_quality_and_eval_reproduces_it(model, reference_classifier, cifar_root, tmp_path, monkeypatch,
                                                         capsys):
     monkeypatch.setenv("CIFARGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(quality_module, "CHANCE_MULTIPLE", 0)  # the tiny classifier is near chance; see the next test
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "classifier").symlink_to(reference_classifier)
     out = tmp_path / "run"
@@ -136,6 +138,47 @@ def test_training_writes_quality_and_eval_reproduces_it(model, reference_classif
     if model == "cvae":  # a different prior gives different samples
         assert quality["fitted"]["fd_cifargen"] != quality["standard"]["fd_cifargen"]
         assert 0 < quality["fitted"]["nn_ratio"] < 10
+
+
+def test_the_minimum_accuracy_is_a_multiple_of_chance_and_a_weaker_classifier_is_named():
+    from types import SimpleNamespace
+
+    from cifargen.quality import minimum_accuracy, reference_classifier_problem
+
+    assert minimum_accuracy(10) == pytest.approx(0.5) and minimum_accuracy(100) == pytest.approx(0.05)
+    assert minimum_accuracy(2) == pytest.approx(0.75)  # 5x chance would be unreachable: halfway to 1 instead
+
+    def classifier(accuracy):
+        metrics = {} if accuracy is None else {"best": {"accuracy": accuracy}}
+        return SimpleNamespace(config=SimpleNamespace(num_classes=10), model_config={"metrics": metrics})
+
+    assert reference_classifier_problem(classifier(0.5)) is None
+    assert "test accuracy 0.490, below the 0.50 (5x chance for 10 classes)" in reference_classifier_problem(classifier(0.49))
+    assert "records no test accuracy" in reference_classifier_problem(classifier(None))
+
+
+def test_a_classifier_near_chance_gives_no_figures_but_one_recorded_line(reference_classifier, cifar_root, tmp_path,
+                                                                         monkeypatch, capsys):
+    accuracy = json.loads((reference_classifier / "metrics.json").read_text())["best"]["accuracy"]
+    assert accuracy < 0.5  # one epoch on random images: near chance (0.1)
+    monkeypatch.setenv("CIFARGEN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "classifier").symlink_to(reference_classifier)
+    out = tmp_path / "run"
+    config = with_settings(default_config("cvae", data_dir=str(cifar_root), out=str(out), epochs=1, **QUICK),
+                           {"arch.width": 8, "arch.latent_dim": 16, "quality_samples": 1000})
+    lines = []
+    train(config, log=lines.append)
+    quality = json.loads((out / "metrics.json").read_text())["quality"]
+    assert set(quality) == {"skipped", "classifier"} and f"test accuracy {accuracy:.3f}" in quality["skipped"]
+    assert quality["classifier"]["test_accuracy"] == accuracy
+    assert [line for line in lines if "sample-quality" in line] == [f"sample-quality figures skipped: {quality['skipped']}"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["quality"]["skipped"] == quality["skipped"]
+    assert [line for line in captured.err.splitlines() if "sample-quality" in line] == [
+        f"sample-quality figures skipped: {quality['skipped']}"]
 
 
 def test_quality_is_skipped_with_one_line_without_a_classifier(cifar_root, tmp_path, capsys):

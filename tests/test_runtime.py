@@ -48,3 +48,36 @@ def test_unknown_device_and_precision_are_clear_errors():
     with pytest.raises(ConfigError, match="auto, bf16 or fp32"):
         resolve_precision("half", torch.device("cpu"))
     assert resolve_precision("fp32", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("name, says", [
+    ("foo", "unknown device"), ("cuda:x", "unknown device"), ("", "unknown device"), ("meta", "unsupported device"),
+    ("cpu:1", "no cpu device 1"),
+])
+def test_devices_that_do_not_exist_are_refused_in_one_line(name, says):
+    with pytest.raises(ConfigError, match=says) as caught:
+        resolve_device(name)
+    assert "\n" not in str(caught.value)
+
+
+def test_cuda_index_beyond_the_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    with pytest.raises(ConfigError, match="has 1 CUDA"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_mps_is_refused_where_absent_and_beyond_its_one_device(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="no mps device 1"):
+        resolve_device("mps:1")
+    assert resolve_device("mps") == torch.device("mps")

@@ -262,3 +262,73 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_says_so(tmp_path,
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("model, setting", [("vae", {"width": 100_000}), ("cvae", {"latent_dim": 10 ** 9}),
+                                            ("acgan", {"d_width": 100_000}), ("classifier", {"width": 100_000})])
+def test_a_network_too_large_for_memory_is_refused_before_anything_is_allocated(model, setting, cifar_root, tmp_path):
+    import dataclasses
+
+    config = default_config(model, data_dir=str(tmp_path / "no-data"), out=str(tmp_path / "run"), **QUICK)
+    config = dataclasses.replace(config, arch=dataclasses.replace(config.arch, **setting))
+    with pytest.raises(ConfigError, match=r"parameters: training needs at least .* GiB") as caught:
+        train(config)
+    key, value = next(iter(setting.items()))
+    assert f"arch.{key}={value}" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "no-data").exists()
+
+
+def test_the_memory_limit_counts_every_trained_parameter(monkeypatch):
+    from cifargen import training
+    from cifargen.models import ACGAN
+
+    config = default_config("acgan")
+    # An independent count: the real networks, generator and discriminator, built on the CPU.
+    parameters = sum(p.numel() for p in ACGAN(config.arch).parameters())
+    device = torch.device("cpu")
+    monkeypatch.setattr(training, "device_memory_bytes", lambda d: parameters * training.BYTES_PER_PARAMETER)
+    assert training.check_model_fits(config, ACGAN, device) == parameters
+    monkeypatch.setattr(training, "device_memory_bytes", lambda d: parameters * training.BYTES_PER_PARAMETER - 1)
+    with pytest.raises(ConfigError, match=f"{parameters:,} parameters"):
+        training.check_model_fits(config, ACGAN, device)
+
+
+@pytest.mark.parametrize("failure", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: not enough memory: you tried to allocate 1024 bytes"),
+])
+def test_running_out_of_memory_while_training_says_what_to_reduce(failure, cifar_root, tmp_path, monkeypatch):
+    from cifargen.recipes.vae import VAERecipe
+
+    original, calls = VAERecipe.train_step, {"n": 0}
+
+    def runs_out(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, step 2 (4 steps per epoch)
+            raise failure
+        return original(self, x, y)
+
+    monkeypatch.setattr(VAERecipe, "train_step", runs_out)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu at epoch 2.*--batch-size \(now 64\).*"
+                                            r"arch.width=32.*last good checkpoint .*\(epoch 1\)") as caught:
+        run("vae", cifar_root, tmp_path, epochs=2, batch_size=64)
+    assert "\n" not in str(caught.value)
+
+
+def test_out_of_memory_building_the_networks_and_other_errors(cifar_root, tmp_path, monkeypatch):
+    from cifargen.recipes.vae import VAERecipe
+
+    def cannot_allocate(self, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(VAERecipe, "__init__", cannot_allocate)
+    with pytest.raises(TrainingError, match="out of memory on cpu building the networks"):
+        run("vae", cifar_root, tmp_path / "a", epochs=1)
+
+    def a_bug(self, x, y):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(VAERecipe, "train_step", a_bug)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # not mistaken for a memory problem
+        run("vae", cifar_root, tmp_path / "b", epochs=1)
