@@ -317,7 +317,9 @@ def run_eval(args: argparse.Namespace) -> dict:
     trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")
     precision = args.precision or ("bf16" if trained_precision == "bfloat16" else "fp32")
     dtype = resolve_precision(precision, device)
-    train_set, test_set = load_run_data(training, args.data_dir, args.limit_test,
+    # The reference classifier's real-image row compares the whole training split with the test images.
+    train_set, test_set = load_run_data(training if kind.generative else {**training, "limit_train": None},
+                                        args.data_dir, args.limit_test,
                                         log=lambda line: print(line, file=sys.stderr))
     check_classes(model, test_set)
     figures = evaluate_model(model, test_set, device, dtype)

@@ -10,6 +10,7 @@ float in [0, 1] one batch at a time (see :class:`BatchLoader`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -123,7 +124,33 @@ class _CifarUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: not part of the CIFAR-10 format") from None
 
 
-def read_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class CifarFormat:
+    """One of the official "python version" data sets: where its files are and what their keys are."""
+
+    name: str                    # cifar10, cifar100: the data set's name in its identity
+    title: str                   # for messages
+    url: str
+    md5: str                     # of the archive, as published
+    archive: str
+    folder: str                  # what the archive extracts to
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    labels_key: str              # the label list in each batch (CIFAR-100: the 100 fine labels)
+    names_key: str               # the class-name list in the meta file
+    num_classes: int
+
+
+CIFAR10 = CifarFormat("cifar10", "CIFAR-10", CIFAR10_URL, CIFAR10_MD5, CIFAR10_ARCHIVE, CIFAR10_FOLDER,
+                      TRAIN_BATCHES, TEST_BATCHES, "batches.meta", "labels", "label_names", 10)
+CIFAR100 = CifarFormat("cifar100", "CIFAR-100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                       "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python.tar.gz", "cifar-100-python",
+                       ("train",), ("test",), "meta", "fine_labels", "fine_label_names", 100)
+CIFAR_FORMATS = {fmt.name: fmt for fmt in (CIFAR10, CIFAR100)}
+
+
+def read_cifar_batch(raw: bytes, source: str, fmt: CifarFormat = CIFAR10) -> tuple[np.ndarray, np.ndarray]:
     """Parse one official batch file into (images uint8 (N, 3, 32, 32), labels int64 (N,)).
 
     Raises :class:`DataError` naming ``source`` for anything that is not a valid batch.
@@ -132,30 +159,31 @@ def read_cifar_batch(raw: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as exc:  # any parse failure of untrusted bytes is a data error
-        raise DataError(f"{source} is not a valid CIFAR-10 batch file ({type(exc).__name__}: {exc}); {fix}") from None
+        raise DataError(f"{source} is not a valid {fmt.title} batch file ({type(exc).__name__}: {exc}); {fix}") from None
     if not isinstance(batch, dict):
-        raise DataError(f"{source} does not hold a CIFAR-10 batch (expected a dict); {fix}")
+        raise DataError(f"{source} does not hold a {fmt.title} batch (expected a dict); {fix}")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    data, labels = batch.get("data"), batch.get("labels")
+    data, labels = batch.get("data"), batch.get(fmt.labels_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{source} has no uint8 'data' array of shape (N, 3072); {fix}")
-    if not isinstance(labels, list) or len(labels) != data.shape[0] or not all(isinstance(v, int) and 0 <= v < 10 for v in labels):
-        raise DataError(f"{source} has no list of {data.shape[0]} labels in 0..9; {fix}")
+    top = fmt.num_classes - 1
+    if not isinstance(labels, list) or len(labels) != data.shape[0] or not all(isinstance(v, int) and 0 <= v <= top for v in labels):
+        raise DataError(f"{source} has no list '{fmt.labels_key}' of {data.shape[0]} labels in 0..{top}; {fix}")
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
-def _read_class_names(raw: bytes, source: str) -> tuple[str, ...]:
-    """The class names in a ``batches.meta`` file: one distinct, non-empty name per label 0..9."""
+def _read_class_names(raw: bytes, source: str, fmt: CifarFormat = CIFAR10) -> tuple[str, ...]:
+    """The class names in a meta file: one distinct, non-empty name per label 0..num_classes-1."""
     fix = "delete it or point --data-dir at a good copy"
     try:
         meta = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
-        names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[b"label_names"])
+        names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[fmt.names_key.encode()])
     except Exception:
-        raise DataError(f"{source} is not a valid CIFAR-10 batches.meta file; {fix}") from None
-    # The batch files' labels run 0..9 (read_cifar_batch checks it), so label i must name names[i].
-    if len(names) != len(CIFAR10_CLASSES):
-        raise DataError(f"{source} lists {len(names)} class names, but CIFAR-10 labels run 0..{len(CIFAR10_CLASSES) - 1} "
-                        f"and need {len(CIFAR10_CLASSES)}; {fix}")
+        raise DataError(f"{source} is not a valid {fmt.title} {fmt.meta_file} file; {fix}") from None
+    # The batch files' labels run 0..num_classes-1 (read_cifar_batch checks it), so label i must name names[i].
+    if len(names) != fmt.num_classes:
+        raise DataError(f"{source} lists {len(names)} class names, but {fmt.title} labels run 0..{fmt.num_classes - 1} "
+                        f"and need {fmt.num_classes}; {fix}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated or not all(n.strip() for n in names):
         problem = f"repeats {', '.join(map(repr, repeated))}, so labels would share a name" if repeated else "has an empty name"
@@ -163,56 +191,67 @@ def _read_class_names(raw: bytes, source: str) -> tuple[str, ...]:
     return names
 
 
-def _batch_files(root: Path, names: tuple[str, ...]) -> Iterator[tuple[str, bytes]]:
+def _batch_files(root: Path, names: tuple[str, ...], fmt: CifarFormat = CIFAR10) -> Iterator[tuple[str, bytes]]:
     """Yield (source, bytes) for each named batch, from the extracted folder or the archive."""
-    folder = root / CIFAR10_FOLDER
+    folder = root / fmt.folder
     if folder.is_dir():
         for name in names:
             path = folder / name
             if not path.is_file():
-                raise DataError(f"{path} is missing: the CIFAR-10 folder is incomplete; restore it or delete {folder} to download again")
+                raise DataError(f"{path} is missing: the {fmt.title} folder is incomplete; restore it or delete {folder} to download again")
             yield str(path), path.read_bytes()
         return
-    archive = root / CIFAR10_ARCHIVE
+    archive = root / fmt.archive
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for name in names:
-                member = f"{CIFAR10_FOLDER}/{name}"
+                member = f"{fmt.folder}/{name}"
                 try:
                     handle = tar.extractfile(member)
                 except KeyError:
                     handle = None
                 if handle is None:
-                    raise DataError(f"{archive} has no {member}: not the CIFAR-10 python archive; delete it and run again to download it")
+                    raise DataError(f"{archive} has no {member}: not the {fmt.title} python archive; delete it and run again to download it")
                 yield f"{archive}:{member}", handle.read()
     except Exception as exc:  # gzip/tar/zlib errors of a damaged archive
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({exc}); delete it and run again to download it") from None
+        raise DataError(f"{archive} is not a readable {fmt.title} archive ({exc}); delete it and run again to download it") from None
+
+
+def has_cifar(root: str | os.PathLike, fmt: CifarFormat = CIFAR10) -> bool:
+    """Whether ``root`` holds the data set of ``fmt`` (the extracted folder or the archive)."""
+    root = Path(root)
+    return (root / fmt.folder).is_dir() or (root / fmt.archive).is_file()
 
 
 def has_cifar10(root: str | os.PathLike) -> bool:
     """Whether ``root`` holds CIFAR-10 (the extracted folder or the archive)."""
+    return has_cifar(root, CIFAR10)
+
+
+def load_cifar(root: str | os.PathLike, train: bool, download: bool = True, fmt: CifarFormat = CIFAR10) -> ImageDataset:
+    """Load the train or test split of CIFAR-10 or CIFAR-100 (``fmt``) from ``root``, downloading it if
+    allowed and absent."""
     root = Path(root)
-    return (root / CIFAR10_FOLDER).is_dir() or (root / CIFAR10_ARCHIVE).is_file()
+    if not has_cifar(root, fmt):
+        if not download:
+            raise DataError(f"no {fmt.title} in {root}: put {fmt.folder}/ or {fmt.archive} there, or pass --data-dir")
+        download_cifar(root, fmt)
+    images, labels = [], []
+    for source, raw in _batch_files(root, fmt.train_files if train else fmt.test_files, fmt):
+        x, y = read_cifar_batch(raw, source, fmt)
+        images.append(x)
+        labels.append(y)
+    (meta_source, meta_raw), = _batch_files(root, (fmt.meta_file,), fmt)
+    class_names = _read_class_names(meta_raw, meta_source, fmt)
+    return ImageDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), class_names,
+                        name=fmt.name)
 
 
 def load_cifar10(root: str | os.PathLike, train: bool, download: bool = True) -> ImageDataset:
     """Load the CIFAR-10 train or test split from ``root`` (downloading it if allowed and absent)."""
-    root = Path(root)
-    if not has_cifar10(root):
-        if not download:
-            raise DataError(f"no CIFAR-10 in {root}: put {CIFAR10_FOLDER}/ or {CIFAR10_ARCHIVE} there, or pass --data-dir")
-        download_cifar10(root)
-    names = TRAIN_BATCHES if train else TEST_BATCHES
-    images, labels = [], []
-    for source, raw in _batch_files(root, names):
-        x, y = read_cifar_batch(raw, source)
-        images.append(x)
-        labels.append(y)
-    (meta_source, meta_raw), = _batch_files(root, ("batches.meta",))
-    class_names = _read_class_names(meta_raw, meta_source)
-    return ImageDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), class_names)
+    return load_cifar(root, train, download, CIFAR10)
 
 
 def _md5(path: Path) -> str:
@@ -223,43 +262,50 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 15.0) -> Path:
-    """Download the official archive into ``root`` with a progress bar and verify its MD5.
+def download_cifar(root: Path, fmt: CifarFormat = CIFAR10, url: str | None = None, timeout: float = 15.0) -> Path:
+    """Download the official archive of ``fmt`` into ``root`` with a progress bar and verify its published MD5.
 
     The download goes to a ``.part`` file that is removed on any failure, so a broken
     download never looks like data. Offline, fails at once with instructions.
     """
+    url = url or fmt.url
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the data folder {root} ({exc.strerror or exc}); pass --data-dir FOLDER") from None
-    target = root / CIFAR10_ARCHIVE
-    partial = root / (CIFAR10_ARCHIVE + ".part")
-    manual = (f"download {url} by hand and put it (or its extracted {CIFAR10_FOLDER}/ folder) in {root.resolve()}, "
+    target = root / fmt.archive
+    partial = root / (fmt.archive + ".part")
+    manual = (f"download {url} by hand and put it (or its extracted {fmt.folder}/ folder) in {root.resolve()}, "
               f"or pass --data-dir DIR (or set {DATA_DIR_ENV}) to a folder that holds it")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10") as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=fmt.title) as bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         partial.unlink(missing_ok=True)
-        raise DataError(f"could not download CIFAR-10 ({exc}); {manual}") from None
+        raise DataError(f"could not download {fmt.title} ({exc}); {manual}") from None
     got = _md5(partial)
-    if got != md5:
+    if got != fmt.md5:
         partial.unlink(missing_ok=True)
-        raise DataError(f"downloaded archive has MD5 {got}, expected {md5}; the partial file was removed. Run again, or {manual}")
+        raise DataError(f"downloaded archive has MD5 {got}, expected {fmt.md5}; the partial file was removed. Run again, or {manual}")
     os.replace(partial, target)
     return target
+
+
+def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 15.0) -> Path:
+    """Download CIFAR-10 into ``root`` (see :func:`download_cifar`)."""
+    fmt = CIFAR10 if md5 == CIFAR10.md5 else dataclasses.replace(CIFAR10, md5=md5)
+    return download_cifar(root, fmt, url, timeout)
 
 
 # --------------------------------------------------------------------------------------------
 # Choosing the data set, image size, held-out split and limits
 # --------------------------------------------------------------------------------------------
 
-DATASETS = ("auto", "cifar10", "folder")
+DATASETS = ("auto", "cifar10", "cifar100", "folder")
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int = 32, class_names: tuple[str, ...] | None = None,
@@ -281,8 +327,9 @@ def detect_dataset(root: str | os.PathLike, dataset: str = "auto") -> str:
     if dataset != "auto":
         return dataset
     root = Path(root)
-    if has_cifar10(root):
-        return "cifar10"
+    for fmt in CIFAR_FORMATS.values():
+        if has_cifar(root, fmt):
+            return fmt.name
     if is_image_folder(root):
         return "folder"
     if root.is_file():
@@ -291,7 +338,8 @@ def detect_dataset(root: str | os.PathLike, dataset: str = "auto") -> str:
         only = "train/ has no <class>/ folders with images" if (root / "train").is_dir() else \
             "it has neither CIFAR-10 nor <class>/ folders of images"
         raise DataError(f"--data-dir {root} holds no data cifargen reads ({only}); expected "
-                        f"{CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE} or <class>/<images> (optionally under train/ and test/)")
+                        f"{CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, {CIFAR100.folder}/ or <class>/<images> "
+                        "(optionally under train/ and test/)")
     return "cifar10"
 
 
@@ -299,12 +347,12 @@ def peek_identity(root: str | os.PathLike, dataset: str = "auto", image_size: in
     """The identity (name, classes, image size) of the data in ``root``, without decoding any image."""
     kind = detect_dataset(root, dataset)
     root = Path(root)
-    if kind == "cifar10":
-        names = CIFAR10_CLASSES
-        if has_cifar10(root):
-            (source, raw), = _batch_files(root, ("batches.meta",))
-            names = _read_class_names(raw, source)
-        return {"name": "cifar10", "class_names": list(names), "image_size": image_size}
+    if kind in CIFAR_FORMATS:
+        fmt = CIFAR_FORMATS[kind]
+        if not has_cifar(root, fmt):  # training downloads it next anyway
+            download_cifar(root, fmt)
+        (source, raw), = _batch_files(root, (fmt.meta_file,), fmt)
+        return {"name": fmt.name, "class_names": list(_read_class_names(raw, source, fmt)), "image_size": image_size}
     base = root / "train" if (root / "train").is_dir() else root
     _, _, names, _ = list_split(base)
     return {"name": root.resolve().name, "class_names": list(names), "image_size": image_size}
@@ -315,7 +363,8 @@ def load_splits(root: str | os.PathLike, dataset: str = "auto", image_size: int 
                 progress: bool = True, log=None) -> tuple[ImageDataset, ImageDataset]:
     """The (train, test) splits of the data in ``root`` at ``image_size`` pixels.
 
-    - CIFAR-10 (official layout; downloaded when the folder is empty or absent): its own splits,
+    - CIFAR-10 or CIFAR-100 (official "python version"; CIFAR-10 is downloaded when the folder is
+      empty or absent, either with ``dataset`` naming it): its own splits (CIFAR-100: fine labels),
       resized when ``image_size`` is not 32. Limits take the first N images (the official files
       are in random order).
     - An image folder with ``train/`` and ``test/``: those splits. Without ``test/``: a seeded,
@@ -327,9 +376,10 @@ def load_splits(root: str | os.PathLike, dataset: str = "auto", image_size: int 
     log = log or (lambda line: None)
     kind = detect_dataset(root, dataset)
     root = Path(root)
-    if kind == "cifar10":
-        train = load_cifar10(root, train=True, download=download).head(limit_train)
-        test = load_cifar10(root, train=False, download=download).head(limit_test)
+    if kind in CIFAR_FORMATS:
+        fmt = CIFAR_FORMATS[kind]
+        train = load_cifar(root, train=True, download=download, fmt=fmt).head(limit_train)
+        test = load_cifar(root, train=False, download=download, fmt=fmt).head(limit_test)
         for split, name in ((train, "train"), (test, "test")):
             split.info.update({"source": str(root), "split": f"the official {name} split", "limit": "first N"})
         if image_size != train.image_size:

@@ -33,7 +33,7 @@ def test_each_kind_builds_its_model_and_configuration(name):
 def test_default_run_folders_and_generators():
     assert GENERATORS == ("vae", "cvae", "acgan")
     assert str(model_kind("acgan").out_dir()) == "visualize/gan"
-    assert model_kind("classifier").out_dir().name == "classifier"  # in the cache folder
+    assert model_kind("classifier").out_dir().parent.name == "classifier"  # in the cache folder, one per data set
 
 
 def test_an_unknown_kind_names_the_known_ones():
