@@ -26,6 +26,7 @@ from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, load_reference_classifier, quality_report, reference_classifier_path
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, resolve_precision
+from .tensorboard import require_tensorboard
 from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
                        setup_runtime)
 
@@ -38,10 +39,14 @@ def train(config, log=None) -> dict:
     """
     kind = model_kind(config.model)
     log = log or (lambda line: print(line, file=sys.stderr))
+    if config.tensorboard is not None:
+        require_tensorboard()  # a missing extra fails before any work
     device, dtype = setup_runtime(config)
     out = Path(config.out) if config.out else kind.out_dir()
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
+    if config.tensorboard == "":
+        config = dataclasses.replace(config, tensorboard=str(out / "tensorboard"))
     make_run_dir(out)
     rank, world_size, _ = distributed_env()
     with RunFolderLock(out) if rank == 0 else contextlib.nullcontext():

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "within-class collapse (default: 0.3; 0 turns it off)", type=_non_negative_float, metavar="WEIGHT")
     _setting_flag(train, "--no-quality", "quality", "skip the sample-quality figures at the end (computed when a "
                   "reference classifier exists)", action="store_const", const=False)
+    _setting_flag(train, "--tensorboard", "tensorboard", "also write a TensorBoard log (every epoch's figures and "
+                  "images) into DIR (default (DIR left out): tensorboard/ in the run folder); needs "
+                  'pip install "cifargen[tensorboard]"', nargs="?", const="", metavar="DIR")
 
     classifier = commands.add_parser("classifier", help="the reference classifier for sample-quality figures",
                                      description="Train the CIFAR-10 classifier whose features and predictions "
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings that say where and how a run goes on, not what it trains: a resumed run may change them.
 RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume",
-                      "fit_prior", "prior", "quality_samples"}
+                      "fit_prior", "prior", "quality_samples", "tensorboard"}
 
 
 def config_from_args(args: argparse.Namespace):
