@@ -216,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     fit.add_argument("--no-quality", dest="quality", action="store_false",
                      help="skip the sample-quality figures (computed when a reference classifier exists)")
+
+    serve = commands.add_parser("serve", help="a local web page to explore trained models",
+                                description="Serve a page that shows each model's figures and training curves and "
+                                            "draws samples, interpolations and reconstructions on request. Needs "
+                                            'pip install "cifargen[serve]".')
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model.safetensors files to serve")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; the page has no login)")
+    serve.add_argument("--port", type=_int_in(0, 65536, "a port number from 0 to 65535"), default=8000,
+                       help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return parser
 
 
@@ -293,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar),
                                    resolve_device(args.device), args.data_dir, args.quality)
             print(json.dumps(report, indent=2))
+        elif args.command == "serve":
+            from .serve import run_server  # the web framework is an optional extra
+
+            run_server(args.runs, args.host, args.port, args.device)
         return 0
     except CifargenError as exc:
         print(f"cifargen: error: {exc}", file=sys.stderr)
