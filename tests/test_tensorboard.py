@@ -146,3 +146,14 @@ def test_without_tensorboard_the_flag_fails_at_once_naming_the_install(cifar_roo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'pip install "cifargen[tensorboard]"' in err
     assert not out.exists()  # nothing was created, loaded or trained
+
+
+def test_only_rank_0_writes_the_log(cifar_root, tmp_path, monkeypatch):
+    """Under torchrun every rank trains; a rank other than 0 leaves the log alone."""
+    import cifargen.training
+
+    monkeypatch.setattr(cifargen.training, "distributed_env", lambda: (1, 1, 0))  # rank 1 of a one-process group
+    metrics = train(tiny_config("vae", cifar_root, tmp_path / "run", epochs=1, tensorboard=str(tmp_path / "tb"),
+                                fit_prior=False))
+    assert metrics["epochs_completed"] == 1
+    assert not (tmp_path / "tb").exists()
