@@ -25,6 +25,7 @@ try:
 except ImportError as exc:  # the CLI checks first; this names the fix for API users
     raise ImportError(f'cifargen.serve needs the serve extra: pip install "cifargen[serve]" ({exc})') from None
 
+from ..errors import CifargenError
 from .service import MAX_SAMPLES, MAX_SEED, MAX_UPLOAD_BYTES, BadRequest, Explorer
 
 STATIC = ("index.html", "app.js")
@@ -78,6 +79,9 @@ def make_app(explorer: Explorer) -> Starlette:
     async def bad_request(request: Request, exc: BadRequest) -> Response:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
+    async def refused(request: Request, exc: CifargenError) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return JSONResponse({"error": exc.detail or "request refused"}, status_code=exc.status_code)
 
@@ -94,8 +98,8 @@ def make_app(explorer: Explorer) -> Starlette:
         Route("/api/models/{name}/reconstruction", reconstruction, methods=["POST"]),
         Route("/api/models/{name}/discrimination", discrimination, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={BadRequest: bad_request, HTTPException: http_error,
-                                                       Exception: server_error})
+    handlers = {BadRequest: bad_request, CifargenError: refused, HTTPException: http_error, Exception: server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.explorer = explorer
     return app
 
