@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifargen import default_config, train  # noqa: E402
 from cifargen.cli import main  # noqa: E402
+from cifargen.configs import read_config_file  # noqa: E402
 from cifargen.data import load_dataset  # noqa: E402
 from cifargen.registry import model_kind  # noqa: E402
 from cifargen.training import Trainer  # noqa: E402
@@ -66,6 +67,7 @@ def test_a_run_logs_every_epochs_figures_images_and_hyperparameters(cifar_root, 
     metrics = train(tiny_config("vae", cifar_root, tmp_path / "run", epochs=2, tensorboard=""))
     log_dir = tmp_path / "run" / "tensorboard"
     assert metrics["config"]["tensorboard"] == str(log_dir)
+    assert "tensorboard" not in read_config_file(tmp_path / "run" / "metrics.json")  # --config: not into another run's log
     events = read_log(log_dir)
     check_scalars(events, metrics["history"])
     images = events.Images("images/reconstructions")
