@@ -68,7 +68,7 @@ def tiny_runs(cifar_root, tmp_path_factory):
                               ("cvae", dict(width=8, latent_dim=8), {}),
                               ("acgan", dict(width=8, d_width=8, latent_dim=8), {})):
         runs[name] = root / name
-        train(default_config(name, data_dir=str(cifar_root), out=str(runs[name]), epochs=1, limit_train=128,
+        train(default_config(name, data_dir=str(cifar_root), out=str(runs[name]), epochs=1, limit_train=64,
                              limit_test=20, progress=False, threads=2, quality=False,
                              arch=model_kind(name).arch_class(**arch), **extra), log=lambda line: None)
     return runs
