@@ -26,6 +26,7 @@ from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, find_reference_classifier, quality_report
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, is_out_of_memory, resolve_precision
+from .tensorboard import require_tensorboard
 from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_model_fits, check_run_dir, fit, load_checkpoint,
                        make_run_dir, out_of_memory_error, setup_runtime)
 
@@ -38,11 +39,15 @@ def train(config, log=None) -> dict:
     """
     kind = model_kind(config.model)
     log = log or (lambda line: print(line, file=sys.stderr))
+    if config.tensorboard is not None:
+        require_tensorboard()  # a missing extra fails before any work
     device, dtype = setup_runtime(config)
     check_model_fits(config, kind.model_class, device)
     out = Path(config.out) if config.out else kind.out_dir(config)
     # The data folder as an absolute path, so that `cifargen eval` finds it from anywhere.
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
+    if config.tensorboard == "":
+        config = dataclasses.replace(config, tensorboard=str(out / "tensorboard"))
     make_run_dir(out)
     rank, world_size, _ = distributed_env()
     with RunFolderLock(out) if rank == 0 else contextlib.nullcontext():

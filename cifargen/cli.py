@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                   "within-class collapse (default: 0.3; 0 turns it off)", type=_non_negative_float, metavar="WEIGHT")
     _setting_flag(train, "--no-quality", "quality", "skip the sample-quality figures at the end (computed when a "
                   "reference classifier exists)", action="store_const", const=False)
+    _setting_flag(train, "--tensorboard", "tensorboard", "also write a TensorBoard log (every epoch's figures and "
+                  "images) into DIR (default (DIR left out): tensorboard/ in the run folder); needs "
+                  'pip install "cifargen[tensorboard]"', nargs="?", const="", metavar="DIR")
 
     classifier = commands.add_parser("classifier", help="the reference classifier for sample-quality figures",
                                      description="Train the CIFAR-10 classifier whose features and predictions "
@@ -221,12 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     fit.add_argument("--no-quality", dest="quality", action="store_false",
                      help="skip the sample-quality figures (computed when a reference classifier exists)")
+
+    serve = commands.add_parser("serve", help="a local web page to explore trained models",
+                                description="Serve a page that shows each model's figures and training curves and "
+                                            "draws samples, interpolations and reconstructions on request. Needs "
+                                            'pip install "cifargen[serve]".')
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run folders or model.safetensors files to serve")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; the page has no login)")
+    serve.add_argument("--port", type=_int_in(0, 65536, "a port number from 0 to 65535"), default=8000,
+                       help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     return parser
 
 
 # Settings that say where and how a run goes on, not what it trains: a resumed run may change them.
 RESUMABLE_SETTINGS = {"out", "device", "threads", "progress", "data_dir", "overwrite", "quality", "resume",
-                      "fit_prior", "prior", "quality_samples"}
+                      "fit_prior", "prior", "quality_samples", "tensorboard"}
 
 
 def config_from_args(args: argparse.Namespace):
@@ -299,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar),
                                    resolve_device(args.device), args.data_dir, args.quality)
             print(json.dumps(report, indent=2))
+        elif args.command == "serve":
+            from .serve import run_server  # the web framework is an optional extra
+
+            run_server(args.runs, args.host, args.port, args.device)
         return 0
     except CifargenError as exc:
         print(f"cifargen: error: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 # Settings of a saved run that say where and how it ran, not what it trains: a --config file
 # does not carry them into a new run.
-PLACE_SETTINGS = ("out", "resume", "overwrite")
+PLACE_SETTINGS = ("out", "resume", "overwrite", "tensorboard")
 
 
 def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:

@@ -147,6 +147,7 @@ class Trainer:
                                   seed=self.config.seed, rank=self.rank, world_size=self.world_size)
         self.state = RunState()
         self.started = time.perf_counter()
+        self.tensorboard = None  # a TensorBoardLog on rank 0 with --tensorboard (start_run)
 
     def fit(self) -> dict:
         """Train, evaluating after every epoch; returns the final ``metrics.json`` content."""
@@ -160,12 +161,15 @@ class Trainer:
                     train_means = self.reduce_and_check(epoch, sums)
                     test_metrics = self.evaluate(epoch)
                     self.end_epoch(epoch, logged, train_means, test_metrics, time.perf_counter() - epoch_start)
+            return self.finish()
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
             raise out_of_memory_error(exc, self.config, self.recipe.device, f"at epoch {epoch + 1}",
                                       self._last_good()) from None
-        return self.finish()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     # --- the steps of fit -----------------------------------------------------------------
     def start_run(self) -> None:
@@ -181,6 +185,13 @@ class Trainer:
             write_skipped_list(self.out_dir, self.train_set, self.test_set, self.log)
             for path in remove_leftover_temporaries(self.out_dir, (WEIGHTS, PRIOR_WEIGHTS)):
                 self.log(f"removed {path.name}, left by a write that was killed midway")
+        if self.is_main and self.config.tensorboard is not None:
+            from .tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.config.tensorboard, self.state.history)
+            if self.tensorboard.backfilled:
+                self.log(f"TensorBoard: wrote the figures of epochs {self.tensorboard.backfilled} that "
+                         f"{self.config.tensorboard} lacked (their images were not kept)")
         if self.world_size > 1:  # identical weights, but each rank draws its own noise
             torch.manual_seed((self.config.seed * 7919 + self.rank * 104729 + self.state.next_epoch) % 2 ** 63)
         self.started = time.perf_counter() - self.state.wall_before
@@ -258,9 +269,12 @@ class Trainer:
             if self.is_main:
                 atomic_torch_save({"models": self.recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
                                    "config": self.config.to_dict()}, self.out_dir / BEST_CHECKPOINT)
+        images = self.recipe.epoch_images(epoch, self.test_set) if self.is_main else {}
+        if self.tensorboard is not None:  # before last.pt: every epoch a checkpoint holds is in the log
+            self.tensorboard.log_epoch(state.history[-1], images)
         self.save_checkpoint()
         if self.is_main:
-            self.recipe.epoch_figures(epoch, self.test_set, self.out_dir)
+            self.recipe.epoch_figures(epoch, self.test_set, self.out_dir, images)
             atomic_write_json(self.metrics(finished=False), self.out_dir / METRICS)
         self.log(_summary_line(epoch, self.config.epochs, logged, train_means, test_metrics, seconds, improved))
 
@@ -276,6 +290,11 @@ class Trainer:
             metrics.update(self.recipe.final_outputs(metrics, self.train_set, self.test_set, self.out_dir))
             self.save_model_file(self.out_dir, metrics, epoch=metrics["best_epoch"])
             atomic_write_json(metrics, self.out_dir / METRICS)
+            if self.tensorboard is not None:
+                figures = {f"best_{k}": v for k, v in metrics["best"].items()}
+                self.tensorboard.log_final(self.config.to_dict(), {**figures, "best_epoch": metrics["best_epoch"],
+                                                                   "wall_time_s": metrics["wall_time_s"]},
+                                           step=len(self.state.history))
         return metrics
 
     def save_model_file(self, folder: Path, metrics: dict, epoch: int) -> None:

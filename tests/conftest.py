@@ -54,3 +54,46 @@ def cifar_root(tmp_path_factory):
     meta = {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": 64, b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(cifar_root, tmp_path_factory):
+    """Run folders of a 1-epoch VAE (no fitted prior), CVAE (with one) and AC-GAN with tiny widths."""
+    from cifargen import default_config, train
+    from cifargen.registry import model_kind
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    runs = {}
+    for name, arch, extra in (("vae", dict(width=8, latent_dim=8), dict(fit_prior=False)),
+                              ("cvae", dict(width=8, latent_dim=8), {}),
+                              ("acgan", dict(width=8, d_width=8, latent_dim=8), {})):
+        runs[name] = root / name
+        train(default_config(name, data_dir=str(cifar_root), out=str(runs[name]), epochs=1, limit_train=64,
+                             limit_test=20, progress=False, threads=2, quality=False,
+                             arch=model_kind(name).arch_class(**arch), **extra), log=lambda line: None)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_runs):
+    """The tiny runs served by uvicorn in a thread on a free loopback port; yields the base URL."""
+    import threading
+    import time
+
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    import uvicorn
+
+    from cifargen.serve import bind, create_app
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(list(tiny_runs.values()), "cpu"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the test server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "cifargen"
 # Import names that differ from their distribution's name on PyPI.
 DISTRIBUTION_OF = {"PIL": "pillow", "sklearn": "scikit-learn", "torch_fidelity": "torch-fidelity"}
 # Optional: imported inside ``try: ... except ImportError`` with a message naming the install.
-OPTIONAL = {"torch_fidelity"}
+OPTIONAL = {"torch_fidelity", "tensorboard", "starlette", "uvicorn"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -133,3 +133,9 @@ class ACGAN(nn.Module):
         z = self.latents(n, None, generator, prior)
         labels = sample_classes(n, self.config.num_classes, y, generator, z.device)
         return Samples(self.decode(z, labels), labels)
+
+    @torch.no_grad()
+    def discriminate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's verdict on images ``x`` in [0, 1]: P(real) (N,) and class probabilities (N, classes)."""
+        adv, classes = self.discriminator(x)
+        return torch.sigmoid(adv.float()), torch.softmax(classes.float(), dim=1)

@@ -267,6 +267,12 @@ class VAE(nn.Module):
             labels = sample_classes(n, self.config.num_classes, y, generator, device) if self.conditional else None
         return Samples(self.decode(z, labels), labels)
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] decoded from the posterior mean of ``x`` (in [0, 1]; classes ``y`` for the CVAE)."""
+        mu, _ = self.encoder(x, y if self.conditional else None)
+        return self.decode(mu, y)
+
 
 class CVAE(VAE):
     """Conditional VAE: the class embedding conditions the decoder (and the encoder's heads)."""

@@ -21,6 +21,7 @@ from ..runtime import autocast
 from .base import Recipe, TrainConfig
 
 NUM_FIXED_SAMPLES = 20
+FIGURE_COLUMNS = 10  # samples per row of E<epoch>.png
 
 
 @dataclass(kw_only=True)
@@ -165,9 +166,15 @@ class ACGANRecipe(Recipe):
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             return self.generator(self.fixed_z.to(self.device), self.fixed_classes.to(self.device)).float()
 
-    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path) -> None:
+    def epoch_images(self, epoch: int, test_set: ImageDataset) -> dict[str, torch.Tensor]:
+        """The fixed z and classes rendered, ten to a row as in E<epoch>.png."""
+        return {"fixed_samples": self.render_fixed().cpu().unflatten(0, (-1, FIGURE_COLUMNS))}
+
+    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path,
+                      images: dict[str, torch.Tensor] | None = None) -> None:
+        samples = (images or self.epoch_images(epoch, test_set))["fixed_samples"].flatten(0, 1)
         labels = [self.class_names[int(c)] for c in self.fixed_classes]
-        save_labelled_grid(denormalize(self.render_fixed()), out_dir / f"E{epoch + 1}.png", labels=labels,
+        save_labelled_grid(denormalize(samples), out_dir / f"E{epoch + 1}.png", labels=labels, ncols=FIGURE_COLUMNS,
                            title=f"AC-GAN epoch {epoch + 1}: fixed z and classes")
 
     def final_outputs(self, metrics: dict, train_set: ImageDataset, test_set: ImageDataset, out_dir: Path) -> dict:

@@ -43,6 +43,7 @@ class TrainConfig:
     progress: bool = True
     quality: bool = True           # generators: sample-quality figures in metrics.json when a reference classifier exists
     quality_samples: int = 10_000  # samples behind each set of sample-quality figures
+    tensorboard: str | None = None  # TensorBoard log folder; "" for tensorboard/ in the run folder
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first invalid setting."""
@@ -126,8 +127,14 @@ class Recipe:
         """Test figures after an epoch; ``best_metric`` must be among them."""
         raise NotImplementedError
 
-    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path) -> None:
-        """Figures after epoch ``epoch`` (0-based); runs between epochs, never per step."""
+    def epoch_images(self, epoch: int, test_set: ImageDataset) -> dict[str, torch.Tensor]:
+        """The image grids behind the figures after epoch ``epoch``: name -> (rows, cols, C, H, W) in [0, 1]."""
+        return {}
+
+    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path,
+                      images: dict[str, torch.Tensor] | None = None) -> None:
+        """Figures after epoch ``epoch`` (0-based), of ``images`` when given (else :meth:`epoch_images`);
+        runs between epochs, never per step."""
 
     def final_outputs(self, metrics: dict, train_set: ImageDataset, test_set: ImageDataset, out_dir: Path) -> dict:
         """Figures and extra figures after training, with the best weights loaded."""

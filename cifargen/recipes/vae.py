@@ -97,13 +97,20 @@ class VAERecipe(Recipe):
         dtype = self.autocast_dtype if autocast_dtype == "training" else autocast_dtype
         return evaluate_vae(self.model, test_set, self.device, dtype)
 
-    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path) -> None:
-        indices = [i for i in FIXED_TEST_INDICES if i < len(test_set)] or list(range(min(10, len(test_set))))
-        index = torch.tensor(indices)
+    def _figure_indices(self, test_set: ImageDataset) -> torch.Tensor:
+        return torch.tensor([i for i in FIXED_TEST_INDICES if i < len(test_set)] or list(range(min(10, len(test_set)))))
+
+    def epoch_images(self, epoch: int, test_set: ImageDataset) -> dict[str, torch.Tensor]:
+        """The fixed test images (first row) and their reconstructions (second row)."""
+        index = self._figure_indices(test_set)
         x = to_float(test_set.images[index]).to(self.device).contiguous(memory_format=torch.channels_last)
-        y = test_set.labels[index].to(self.device)
-        recon = reconstruct(self.model, x, y, self.autocast_dtype)
-        names = [self.class_names[int(c)] for c in y]
+        recon = reconstruct(self.model, x, test_set.labels[index].to(self.device), self.autocast_dtype)
+        return {"reconstructions": torch.stack([x.float(), recon.float()]).cpu()}
+
+    def epoch_figures(self, epoch: int, test_set: ImageDataset, out_dir: Path,
+                      images: dict[str, torch.Tensor] | None = None) -> None:
+        x, recon = (images or self.epoch_images(epoch, test_set))["reconstructions"]
+        names = [self.class_names[int(c)] for c in test_set.labels[self._figure_indices(test_set)]]
         save_image_rows([denormalize(x), denormalize(recon)], out_dir / f"E{epoch + 1}.png", titles=names,
                         row_labels=["original", "reconstruction"], title=f"{self.config.model.upper()} epoch {epoch + 1}")
 
