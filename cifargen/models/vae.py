@@ -126,7 +126,7 @@ class Encoder(nn.Module):
         h = self.features(x)
         if self.class_embedding is not None:
             h = torch.cat([h, self.class_embedding(y).to(h.dtype)], dim=1)
-        return self.mu(h), self.log_var(h)
+        return self.mu(h), bound_log_var(self.log_var(h))
 
 
 class Decoder(nn.Module):
@@ -171,6 +171,22 @@ class VAEOutput(NamedTuple):
     mu: torch.Tensor
     log_var: torch.Tensor
     z: torch.Tensor
+
+
+# No posterior is wider than about 2.7x the prior's N(0, I): log-variances above LOG_VAR_MAX are
+# cut in the forward pass (the gradient passes unchanged, so they can come back).
+LOG_VAR_MAX = 2.0
+
+
+def bound_log_var(log_var: torch.Tensor) -> torch.Tensor:
+    """``log_var`` with values above ``LOG_VAR_MAX`` cut to it, and the gradient of the identity.
+
+    Adam's first, sign-like steps move every weight of the wide log-variance head by about the
+    learning rate at once, which can throw log_var to 50-100 in a few steps while the KL weight is 0
+    (seen at 64x64); the noise exp(0.5 * log_var) then drowns the code and the KL overflows.
+    Below the bound the value is bit for bit the input, so runs that stay below it are unchanged.
+    """
+    return log_var - (log_var - log_var.clamp(max=LOG_VAR_MAX)).detach()
 
 
 def reparameterize(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
