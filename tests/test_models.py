@@ -157,3 +157,14 @@ def test_generator_step_leaves_batch_norm_running_statistics_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     disc(torch.rand(4, 3, 32, 32) + 5)  # outside it, the statistics move again
     assert not torch.equal(before[0], next(m for m in disc.modules() if isinstance(m, nn.BatchNorm2d)).running_mean)
+
+
+def test_log_variance_bound_cuts_the_forward_pass_only():
+    from cifargen.models.vae import LOG_VAR_MAX, bound_log_var
+
+    raw = torch.tensor([-6.0, 0.0, 1.9999, LOG_VAR_MAX, 50.0, 1e4], requires_grad=True)
+    bounded = bound_log_var(raw)
+    expected = torch.tensor([-6.0, 0.0, 1.9999, LOG_VAR_MAX, LOG_VAR_MAX, LOG_VAR_MAX])
+    assert torch.equal(bounded.detach(), expected)  # bit for bit below the bound
+    bounded.sum().backward()
+    assert torch.equal(raw.grad, torch.ones(6))  # the gradient of the identity, so cut values can come back

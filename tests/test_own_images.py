@@ -41,6 +41,7 @@ def test_levels_follow_the_image_size():
 def test_a_64x64_folder_trains_each_model(model, tmp_path):
     data = tmp_path / "photos"
     write_folder(data, ["red fox", "été", "sky"], 12, 64)
+    (data / "sky" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "run"
     assert main(["train", model, "--data-dir", str(data), "--out", str(out), "--image-size", "64",
                  "--batch-size", "8", *TINY]) == 0
@@ -52,6 +53,8 @@ def test_a_64x64_folder_trains_each_model(model, tmp_path):
     images, _ = loaded.generate(2)
     assert images.shape == (2, 3, 64, 64)
     assert (out / "E1.png").is_file()
+    assert metrics["data"]["train"]["skipped_files"] == 1
+    assert (out / "skipped_images.txt").read_text().startswith(f"{data}/sky/broken.jpg\t")
 
 
 def write_cifar100(root, n_train=40, n_test=20):
