@@ -26,8 +26,9 @@ from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, load_reference_classifier, quality_report, reference_classifier_path
 from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, is_out_of_memory, resolve_precision
-from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_model_fits, check_run_dir, fit, load_checkpoint,
-                       make_run_dir, out_of_memory_error, setup_runtime)
+from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_run_dir, fit, load_checkpoint, make_run_dir,
+                       setup_runtime)
+from .training import check_model_fits, out_of_memory_error
 
 
 def train(config, log=None) -> dict:
