@@ -402,6 +402,10 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.run} holds a {model.kind}, which does not generate images; "
                           f"pass a {'/'.join(GENERATORS)} run")
     prior = args.prior or default_prior(model)
+    try:  # a bad --out is refused before anything is said or drawn
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out {args.out} ({exc.strerror or exc}); choose a writable folder") from None
     print(f"sampling the {prior} prior" + (" (z ~ N(0, I))" if prior == "standard" else ""), file=sys.stderr)
     try:
         paths = write_samples(model, Path(args.out), args.n, args.seed, args.interpolate, prior)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 from . import registry
 from .errors import ConfigError
 from .priors import load_prior, save_prior
-from .runtime import atomic_write_bytes, atomic_write_json
+from .runtime import atomic_write_bytes, atomic_write_json, is_out_of_memory
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -81,6 +81,13 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
         raise ConfigError(f"{config_path} is not a cifargen model configuration ({exc})") from None
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path} ({exc.strerror or exc}); pass a run folder or model file") from None
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise ConfigError(f"{config_path} describes a network too large for this machine's memory "
+                          f"({str(exc).splitlines()[0][:160]}); the file is damaged or from another model") from None
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -88,7 +95,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"{weights} does not match the architecture in {config_path}: {str(exc)[:300]}") from None
+        # torch lists every mismatched tensor on its own line: the first one says enough.
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
+        raise ConfigError(f"{weights} does not match the architecture in {config_path}: {detail}") from None
     model.to(device).eval()
     if "prior" in config:
         model.fitted_prior = load_prior(weights.parent, config["prior"])

@@ -30,9 +30,10 @@ from .errors import ConfigError, TrainingError
 from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
-from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, device_memory_bytes, distributed_env,
-                      init_distributed, is_out_of_memory, keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
+from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
+                      keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
                       seed_everything, set_rng_state)
+from .runtime import device_memory_bytes, is_out_of_memory
 
 CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -42,8 +43,8 @@ SKIPPED_IMAGES = "skipped_images.txt"  # image files of the data folder that cou
 # What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
 LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS,
                                                          SKIPPED_IMAGES))
-# Training memory per parameter: float32 weights, gradients and Adam's two moments. A lower bound
-# (activations come on top), so a run refused for it could never have trained.
+# Training memory per parameter: float32 weights, gradients and Adam's two moments (SGD with
+# momentum keeps one). Activations come on top, so a run refused for it could not have trained.
 BYTES_PER_PARAMETER = 16
 
 

@@ -1,0 +1,229 @@
+"""Every command over a table of bad inputs: each must fail with a non-zero exit status, no
+traceback and one line on stderr.
+
+What counts as one line: cifargen's own refusals are exactly one line, ``cifargen: error: ...``.
+A flag argparse itself refuses (a non-number, a value outside the flag's range, an unknown flag)
+gets argparse's standard answer instead: the usage (one or more lines, the first starting with
+``usage:``) and then one ``cifargen ...: error: ...`` line.
+
+A row is ``(name, argv, setup)``: ``argv`` may hold placeholders ({run}, {data}, {tmp}, ...) that
+``setup(tmp_path, fixtures)`` fills in, after building whatever broken file or folder the row needs.
+Add a row to cover a new command or a new kind of bad input.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifargen.cli import main
+
+GENERATORS = ("vae", "cvae", "acgan")
+TRAIN_COMMANDS = [["train", model] for model in GENERATORS] + [["classifier", "train"]]
+TINY = ["--epochs", "1", "--limit-train", "64", "--limit-test", "30", "--no-progress", "--width", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(cifar_root, tmp_path_factory):
+    """A finished tiny VAE run, copied by the rows that damage it."""
+    out = tmp_path_factory.mktemp("run") / "vae"
+    assert main(["train", "vae", "--data-dir", str(cifar_root), "--out", str(out), "--latent-dim", "8", "--no-quality",
+                 "--threads", "2", *TINY]) == 0
+    return out
+
+
+# --- setups: each builds what its rows need under tmp and returns the placeholders ---------------
+
+def nothing(tmp, fx):
+    return {}
+
+
+def copy_run(tmp, fx):
+    run = tmp / "run"
+    shutil.copytree(fx["run"], run)
+    return {"run": run}
+
+
+def damaged(name, content):
+    """A copy of the trained run whose ``name`` holds ``content`` (bytes), or is a folder (None)."""
+    def setup(tmp, fx):
+        run = copy_run(tmp, fx)["run"]
+        (run / name).unlink()
+        if content is None:
+            (run / name).mkdir()
+        else:
+            (run / name).write_bytes(content)
+        return {"run": run}
+    return setup
+
+
+def config_json_with(**arch):
+    """A copy of the trained run whose config.json names another architecture."""
+    def setup(tmp, fx):
+        run = copy_run(tmp, fx)["run"]
+        config = json.loads((run / "config.json").read_text())
+        config["arch"].update(arch)
+        (run / "config.json").write_text(json.dumps(config))
+        return {"run": run}
+    return setup
+
+
+def empty_checkpoint(tmp, fx):
+    run = tmp / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    return {"run": run}
+
+
+def empty_file(tmp, fx):
+    (tmp / "empty").write_bytes(b"")
+    return {"file": tmp / "empty"}
+
+
+def config_file(name, text):
+    def setup(tmp, fx):
+        (tmp / name).write_text(text)
+        return {"file": tmp / name}
+    return setup
+
+
+def busy(tmp, fx):
+    """A copy of the run whose lock is held by a live process: this test's own."""
+    run = copy_run(tmp, fx)["run"]
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    return {"run": run}
+
+
+def corrupt_data(tmp, fx):
+    """A copy of the data whose second training batch and test batch are cut in half."""
+    data = tmp / "data"
+    shutil.copytree(fx["data"], data)
+    for name in ("data_batch_2", "test_batch"):
+        path = data / "cifar-10-batches-py" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return {"data": data}
+
+
+def run_and_corrupt_data(tmp, fx):
+    return {**copy_run(tmp, fx), **corrupt_data(tmp, fx)}
+
+
+# --- the table --------------------------------------------------------------------------------
+
+ROWS = []
+for cmd in TRAIN_COMMANDS:
+    name = " ".join(cmd)
+    common = [*cmd, "--data-dir", "{data}", "--out", "{tmp}/out", *TINY]
+    ROWS += [
+        (f"{name}: negative epochs", [*cmd, "--epochs", "-1"], nothing),
+        (f"{name}: NaN lr", [*cmd, "--lr", "nan"], nothing),
+        (f"{name}: infinite lr", [*cmd, "--lr", "inf"], nothing),
+        (f"{name}: non-number batch size", [*cmd, "--batch-size", "many"], nothing),
+        (f"{name}: non-finite lr by --set", [*common, "--set", "lr=nan"], nothing),
+        (f"{name}: unknown --set key", [*common, "--set", "arch.nope=1"], nothing),
+        (f"{name}: --set without a value", [*common, "--set", "epochs"], nothing),
+        (f"{name}: --set of a non-number", [*common, "--set", "batch_size=abc"], nothing),
+        (f"{name}: unknown device", [*common, "--device", "foo"], nothing),
+        (f"{name}: CUDA device that does not exist", [*common, "--device", "cuda:3"], nothing),
+        (f"{name}: data folder that does not exist in a file", [*common[:3], "{file}/data", *common[4:]], empty_file),
+        (f"{name}: corrupt CIFAR batch", common, corrupt_data),
+        (f"{name}: --config that does not exist", [*common, "--config", "{tmp}/absent.json"], nothing),
+        (f"{name}: --config is a folder", [*common, "--config", "{tmp}"], nothing),
+        (f"{name}: --config is not JSON", [*common, "--config", "{file}"], config_file("c.json", "{lr: 1")),
+        (f"{name}: --config with a NaN lr", [*common, "--config", "{file}"], config_file("c.toml", "lr = nan\n")),
+        (f"{name}: --resume an empty checkpoint", [*cmd, "--resume", "{run}", "--data-dir", "{data}"], empty_checkpoint),
+        (f"{name}: --resume a file", [*cmd, "--resume", "{file}"], empty_file),
+        (f"{name}: out is a file", [*common[:5], "{file}", *common[6:]], empty_file),
+        (f"{name}: network too large", [*common, "--set", "arch.width=100000"], nothing),
+    ]
+ROWS += [
+    ("train vae: busy run folder", ["train", "vae", "--data-dir", "{data}", "--out", "{run}", "--overwrite", *TINY], busy),
+    ("train vae: --resume a busy run", ["train", "vae", "--resume", "{run}", "--data-dir", "{data}"], busy),
+    ("train: unknown model", ["train", "gan9000"], nothing),
+    ("no command", [], nothing),
+]
+for cmd in (["eval", "{run}"], ["sample", "{run}", "--out", "{tmp}/samples"], ["fit-prior", "{run}"]):
+    name = cmd[0]
+    ROWS += [
+        (f"{name}: run that does not exist", [cmd[0], "{tmp}/absent", *cmd[2:]], nothing),
+        (f"{name}: a folder that is no run", [cmd[0], "{tmp}", *cmd[2:]], nothing),
+        (f"{name}: empty model file", cmd, damaged("model.safetensors", b"")),
+        (f"{name}: corrupt model file", cmd, damaged("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")),
+        (f"{name}: model file is a folder", cmd, damaged("model.safetensors", None)),
+        (f"{name}: corrupt config.json", cmd, damaged("config.json", b"{\"kind\": ")),
+        (f"{name}: config.json is a folder", cmd, damaged("config.json", None)),
+        (f"{name}: config.json of another model", cmd, config_json_with(width=16)),
+        (f"{name}: config.json of a network too large", cmd, config_json_with(width=100000)),
+        (f"{name}: unknown device", [*cmd, "--device", "foo"], copy_run),
+        (f"{name}: MPS device where there is none", [*cmd, "--device", "mps"], copy_run),
+    ]
+ROWS += [
+    ("eval: negative --limit-test", ["eval", "{run}", "--limit-test", "-4"], copy_run),
+    ("eval: --limit-test beyond the data", ["eval", "{run}", "--limit-test", "100000"], copy_run),
+    ("eval: zero quality samples", ["eval", "{run}", "--quality-samples", "0"], copy_run),
+    ("eval: corrupt CIFAR batch", ["eval", "{run}", "--data-dir", "{data}"], run_and_corrupt_data),
+    ("eval: --classifier without one", ["eval", "{run}", "--classifier", "{tmp}/none"], copy_run),
+    ("eval: --confusion of a vae", ["eval", "{run}", "--no-quality", "--confusion", "{tmp}/c.png"], copy_run),
+    ("sample: negative --n", ["sample", "{run}", "--out", "{tmp}/s", "--n", "-5"], copy_run),
+    ("sample: NaN --n", ["sample", "{run}", "--out", "{tmp}/s", "--n", "nan"], copy_run),
+    ("sample: --out is a file", ["sample", "{run}", "--out", "{file}"], lambda t, f: {**copy_run(t, f), **empty_file(t, f)}),
+    ("sample: negative seed", ["sample", "{run}", "--out", "{tmp}/s", "--seed", "-1"], copy_run),
+    ("fit-prior: zero components", ["fit-prior", "{run}", "--components", "0"], copy_run),
+    ("fit-prior: NaN reg-covar", ["fit-prior", "{run}", "--reg-covar", "nan"], copy_run),
+    ("fit-prior: busy run folder", ["fit-prior", "{run}"], busy),
+    ("fit-prior: corrupt CIFAR batch", ["fit-prior", "{run}", "--data-dir", "{data}", "--no-quality"],
+     run_and_corrupt_data),
+    ("fit-prior: a run file, not a folder", ["fit-prior", "{run}/model.safetensors"], copy_run),
+]
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``cifargen argv`` in this process: (exit status, stdout, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_refusal(code, out, err):
+    assert code not in (0, None), err
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.rstrip("\n").splitlines()
+    assert lines, "nothing on stderr"
+    if lines[0].startswith("usage:"):  # argparse's own answer: the usage, then one error line
+        assert all(line.startswith((" ", "usage:")) for line in lines[:-1]), err
+        assert lines[-1].startswith("cifargen") and ": error: " in lines[-1], err
+    else:
+        assert len(lines) == 1 and lines[0].startswith("cifargen: "), err
+
+
+@pytest.mark.parametrize("name, argv, setup", ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input_is_refused_in_one_line(name, argv, setup, trained_run, cifar_root, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    values = {"tmp": tmp_path, "data": cifar_root, "run": tmp_path / "no-run", "file": tmp_path / "no-file",
+              **setup(tmp_path, {"run": trained_run, "data": cifar_root})}
+    argv = [arg.format(**values) for arg in argv]
+    assert_one_line_refusal(*run_cli(argv, capsys))
+
+
+@pytest.mark.parametrize("argv, setup", [
+    (["eval", "{run}", "--device", "foo"], copy_run),
+    (["sample", "{run}", "--out", "{tmp}/s"], damaged("config.json", b"{\"kind\": ")),
+    (["train", "vae", "--epochs", "-1"], nothing),
+], ids=["unknown device", "corrupt config.json", "negative epochs"])
+def test_the_installed_entry_point_refuses_in_one_line(argv, setup, trained_run, cifar_root, tmp_path):
+    values = {"tmp": tmp_path, **setup(tmp_path, {"run": trained_run, "data": cifar_root})}
+    result = subprocess.run([sys.executable, "-m", "cifargen", *[a.format(**values) for a in argv]],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert_one_line_refusal(result.returncode, result.stdout, result.stderr)
