@@ -99,7 +99,7 @@ def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=N
     _setting_flag(parser, "--data-dir", "data_dir", "folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                   "(downloaded there if the folder is empty or absent), or a folder of your images: root/<class>/<images>, "
                   f"optionally under train/ and test/ (default: ${DATA_DIR_ENV} or ./data)")
-    _setting_flag(parser, "--dataset", "dataset", "what --data-dir holds; auto detects it (default: auto)",
+    _setting_flag(parser, "--dataset", "dataset", "what --data-dir holds; auto detects it",
                   choices=list(DATASETS))
     _setting_flag(parser, "--image-size", "image_size", "image size in pixels: images are resized on their shorter side "
                   "and center-cropped; the architecture follows (a multiple of 4, at least 16)", models,
