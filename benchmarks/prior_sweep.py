@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from cifargen.api import export_best_model
-from cifargen.data import load_dataset
+from cifargen.api import export_best_model, load_run_data
 from cifargen.modelfile import load
 from cifargen.priors import GaussianMixturePrior, PriorConfig, encode
-from cifargen.quality import load_reference_classifier, sample_quality
+from cifargen.quality import find_reference_classifier, sample_quality
 
 DEFAULT_GRID = ("1:full:1e-6", "1:full:1e-4", "1:full:1e-2", "2:full:1e-4", "4:full:1e-4",
                 "1:diag:1e-4", "10:diag:1e-4")
@@ -47,16 +46,14 @@ def main(argv=None) -> int:
 
     model = load(export_best_model(args.run))
     training = model.model_config.get("training", {})
-    data_dir = args.data_dir or training["data_dir"]
-    train_set = load_dataset(data_dir, train=True).head(training.get("limit_train"))
-    test_set = load_dataset(data_dir, train=False, class_names=train_set.class_names).head(training.get("limit_test"))
+    train_set, test_set = load_run_data(training, args.data_dir, progress=False)
     started = time.perf_counter()
     codes, labels = encode(model, train_set, "cpu")
     test_codes, test_labels = encode(model, test_set, "cpu")
     print(f"encoded {len(codes)} + {len(test_codes)} images in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    classifier = load_reference_classifier() if args.quality else None
+    classifier, reason = find_reference_classifier(test_set) if args.quality else (None, None)
     if args.quality and classifier is None:
-        print("no reference classifier: quality figures skipped (cifargen classifier train)", file=sys.stderr)
+        print(f"quality figures skipped: {reason}", file=sys.stderr)
     per_class = model.conditional
     rows = []
     for text in args.grid:

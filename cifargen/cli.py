@@ -16,15 +16,14 @@ from pathlib import Path
 
 from .api import check_classes, evaluate_model, export_best_model, fit_run_prior, load_run_data, train
 from .configs import config_from_dict, flatten, parse_setting, read_config_file, with_settings
-from .data import DATA_DIR_ENV, DATASETS, default_data_dir
+from .data import DATA_DIR_ENV, DATASETS
 from .errors import CifargenError, ConfigError
 from .modelfile import WEIGHTS, load
 from .plotting import plot_confusion
 from .priors import PriorConfig
 from .quality import find_reference_classifier, inception_metrics, quality_report, real_image_reference
-from .recipes.classifier import CACHE_ENV
 from .registry import GENERATORS, MODELS, default_config, model_kind
-from .runtime import resolve_device, resolve_precision
+from .runtime import CACHE_ENV, resolve_device, resolve_precision
 from .sampling import default_prior, write_samples
 from .training import CHECKPOINT, load_checkpoint
 

@@ -311,9 +311,8 @@ DATASETS = ("auto", "cifar10", "cifar100", "folder")
 def load_image_folder(root: str | os.PathLike, image_size: int = 32, class_names: tuple[str, ...] | None = None,
                       progress: bool = False) -> ImageDataset:
     """Read ``root/<class>/<images>`` (any Pillow format, size and mode) at ``image_size`` pixels."""
-    split = load_folder_split(root, image_size, class_names, progress=progress)
-    return ImageDataset(split.images, split.labels, split.class_names, name=Path(root).resolve().name,
-                        info={"source": str(root), "skipped": split.skipped})
+    root = Path(root)
+    return _folder_dataset(load_folder_split(root, image_size, class_names, progress=progress), root, root)
 
 
 def detect_dataset(root: str | os.PathLike, dataset: str = "auto") -> str:

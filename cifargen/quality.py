@@ -45,12 +45,9 @@ NN_SAMPLES = 1000  # samples (and test images) whose nearest training image is l
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
 
-def reference_classifier_path(path: str | os.PathLike | None = None, data: ImageDataset | None = None) -> Path:
-    """The reference classifier's folder: ``path``, or the cache folder of ``data``'s data set
-    (CIFAR-10 at 32x32 without one)."""
-    if path:
-        return Path(path)
-    return classifier_dir_for(data.identity()) if data is not None else default_classifier_dir()
+def reference_classifier_path(path: str | os.PathLike | None = None) -> Path:
+    """The reference classifier's folder: ``path``, or CIFAR-10's (32x32) cache folder."""
+    return Path(path) if path else default_classifier_dir()
 
 
 def trained_on(model) -> dict | None:
@@ -93,10 +90,9 @@ def find_reference_classifier(data: ImageDataset, path: str | os.PathLike | None
     return None, f"no reference classifier for {describe_identity(identity)} in {classifier_dir_for(identity)} ({train_hint})"
 
 
-def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu", data: ImageDataset | None = None):
-    """The reference classifier (of ``data``'s data set when given), or None when there is none."""
-    if data is not None:
-        return find_reference_classifier(data, path, device)[0]
+def load_reference_classifier(path: str | os.PathLike | None = None, device="cpu"):
+    """The classifier in ``path`` (default: CIFAR-10's cache folder), or None when there is none.
+    To find the one that belongs to a data set, use :func:`find_reference_classifier`."""
     folder = reference_classifier_path(path)
     if not (folder / WEIGHTS).is_file():
         return None

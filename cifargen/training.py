@@ -406,10 +406,7 @@ def check_model_fits(config: TrainConfig, model_class, device: torch.device) -> 
     """
     try:
         with torch.device("meta"):
-            arch = config.arch
-            if hasattr(arch, "image_size"):  # the network is built for the run's image size
-                arch = type(arch)(**{**arch.to_dict(), "image_size": config.image_size})
-            parameters = sum(p.numel() for p in model_class(arch).parameters())
+            parameters = sum(p.numel() for p in model_class(config.arch_for()).parameters())
     except (RuntimeError, ValueError, OverflowError) as exc:  # sizes torch cannot even describe
         raise ConfigError(f"cannot build the {config.model} with {_sizes(config)} ({str(exc).splitlines()[0][:160]}); "
                           "reduce them (--width, --latent-dim or --set arch.KEY=VALUE)") from None

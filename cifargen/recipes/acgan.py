@@ -88,7 +88,7 @@ class ACGANRecipe(Recipe):
 
     def __init__(self, config: ACGANTrainConfig, class_names, device, autocast_dtype, steps_per_epoch):
         super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
-        arch = ACGANConfig(**{**config.arch.to_dict(), "num_classes": len(class_names), "image_size": config.image_size})
+        arch = config.arch_for(len(class_names))
         self.gan = ACGAN(arch).to(device, memory_format=torch.channels_last)
         self.generator, self.discriminator = self.gan.generator, self.gan.discriminator
         self.modules = {"generator": self.generator, "discriminator": self.discriminator}

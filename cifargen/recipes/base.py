@@ -69,6 +69,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def arch_for(self, num_classes: int | None = None):
+        """The architecture a run builds: the model's ``arch`` at the run's image size and, once the
+        data is known, its class count."""
+        settings = {"image_size": self.image_size, **({"num_classes": num_classes} if num_classes else {})}
+        return type(self.arch)(**{**self.arch.to_dict(), **settings})
+
 
 class Recipe:
     """What a model brings to the loop: its networks, optimizers and schedules, one

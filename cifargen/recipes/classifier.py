@@ -20,7 +20,7 @@ from ..data import CIFAR10_CLASSES, ImageDataset, peek_identity
 from ..evaluation import classifier_accuracy
 from ..models.classifier import Classifier, ClassifierConfig
 from ..plotting import plot_curves
-from ..runtime import CACHE_ENV, autocast, cache_root  # noqa: F401 (CACHE_ENV re-exported)
+from ..runtime import autocast, cache_root
 from .base import Recipe, TrainConfig
 
 
@@ -73,7 +73,7 @@ class ClassifierRecipe(Recipe):
 
     def __init__(self, config: ClassifierTrainConfig, class_names, device, autocast_dtype, steps_per_epoch):
         super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
-        arch = ClassifierConfig(**{**config.arch.to_dict(), "num_classes": len(class_names), "image_size": config.image_size})
+        arch = config.arch_for(len(class_names))
         self.model = Classifier(arch).to(device, memory_format=torch.channels_last)
         self.modules = {"model": self.model}
         self.step_model = self.wrap(self.model)

@@ -60,7 +60,7 @@ class VAERecipe(Recipe):
 
     def __init__(self, config: VAETrainConfig, class_names, device, autocast_dtype, steps_per_epoch):
         super().__init__(config, class_names, device, autocast_dtype, steps_per_epoch)
-        arch = VAEConfig(**{**config.arch.to_dict(), "num_classes": len(class_names), "image_size": config.image_size})
+        arch = config.arch_for(len(class_names))
         self.model = self.model_class(arch).to(device, memory_format=torch.channels_last)
         self.modules = {"model": self.model}
         self.step_model = self.wrap(self.model)

@@ -112,31 +112,30 @@ def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png")
 
 
-def _int(query, key: str, low: int, high: int | None, default: int | None = 0) -> int | None:
-    """The whole number ``key`` of the query in [low, high] (``default`` when absent or empty)."""
+def _number(query, key: str, parse, what: str, low, high, default, shown):
+    """The query's ``key`` parsed with ``parse`` and within [low, high] (``default`` when absent or empty);
+    ``shown(value, text)`` is how a refused value is quoted."""
     text = query.get(key)
     if text is None or text == "":
         return default
     try:
-        value = int(text)
+        value = parse(text)
     except ValueError:
-        raise BadRequest(400, f"{key} must be a whole number, got {text[:40]!r}") from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(400, f"{key} must be between {low} and {high if high is not None else 'any'}, got {value}")
+        raise BadRequest(400, f"{key} must be {what}, got {text[:40]!r}") from None
+    if not (value >= low and (high is None or value <= high)):  # NaN fails too
+        raise BadRequest(400, f"{key} must be between {low} and {high if high is not None else 'any'}, "
+                              f"got {shown(value, text)}")
     return value
+
+
+def _int(query, key: str, low: int, high: int | None, default: int | None = 0) -> int | None:
+    """The whole number ``key`` of the query in [low, high] (``default`` when absent or empty)."""
+    return _number(query, key, int, "a whole number", low, high, default, lambda value, text: value)
 
 
 def _float(query, key: str, low: float, high: float) -> float:
-    text = query.get(key)
-    if text is None or text == "":
-        return low
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadRequest(400, f"{key} must be a number, got {text[:40]!r}") from None
-    if not low <= value <= high:  # NaN fails too
-        raise BadRequest(400, f"{key} must be between {low} and {high}, got {text[:40]}")
-    return value
+    """The number ``key`` of the query in [low, high] (``low`` when absent or empty)."""
+    return _number(query, key, float, "a number", low, high, low, lambda value, text: text[:40])
 
 
 async def _read_upload(request: Request) -> bytes:
