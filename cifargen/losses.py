@@ -127,3 +127,13 @@ def adversarial_loss(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -
 def auxiliary_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the auxiliary classifier."""
     return F.cross_entropy(class_logits.float(), labels)
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the real/fake head (Lim and Ye, 2017): mean relu(1 - real) + mean relu(1 + fake)."""
+    return F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's side of the hinge loss: -mean(fake logits)."""
+    return -fake_logits.float().mean()

@@ -37,7 +37,7 @@ def test_acgan_fixed_latents_stay_fixed():
     assert recipe.fixed_z.shape == (20, 128)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 def test_acgan_learning_rates_fall_linearly_to_zero_over_the_last_half():
     config = default_config("acgan", epochs=2, lr=1e-3, d_lr=2e-3, progress=False)
     recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
@@ -84,3 +84,90 @@ def test_acgan_config_rejects_bad_schedule_values():
         default_config("acgan", lr_decay_from=1.5).validate()
     with pytest.raises(ConfigError, match="mode_seeking"):
         default_config("acgan", mode_seeking=-1.0).validate()
+
+
+def test_hinge_losses_match_numpy():
+    from cifargen.losses import hinge_discriminator_loss, hinge_generator_loss
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 1.5, -0.5])
+    r, f = real.numpy(), fake.numpy()
+    expected = np.maximum(0, 1 - r).mean() + np.maximum(0, 1 + f).mean()  # (0 + .5 + 2)/3 + (0 + 1 + 2.5 + .5)/4
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(expected) == pytest.approx(2.5 / 3 + 1.0)
+    assert hinge_generator_loss(fake).item() == pytest.approx(-f.mean())
+
+
+def test_hinge_step_uses_the_hinge_terms(monkeypatch):
+    from cifargen.recipes import acgan
+    calls = []
+    monkeypatch.setattr(acgan, "hinge_discriminator_loss", lambda r, f: calls.append("d") or (r.sum() + f.sum()) * 0)
+    monkeypatch.setattr(acgan, "hinge_generator_loss", lambda f: calls.append("g") or f.sum() * 0)
+    config = default_config("acgan", adversarial="hinge", progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    out = recipe.train_step(torch.rand(6, 3, 32, 32), torch.randint(10, (6,)))
+    assert calls == ["d", "g"] and all(torch.isfinite(v) for v in out.values())
+    with pytest.raises(ConfigError, match="adversarial"):
+        default_config("acgan", adversarial="wasserstein").validate()
+
+
+def test_residual_block_matches_its_definition():
+    from cifargen.models.acgan import ResidualBlock
+    torch.manual_seed(0)
+    block = ResidualBlock(8, lambda c: torch.nn.GroupNorm(2, c), lambda m: m).eval()
+    x = torch.randn(2, 8, 5, 5)
+    conv1, norm1, _, conv2, norm2 = block.body
+    leaky = lambda t: torch.where(t > 0, t, 0.2 * t)
+    by_hand = leaky(x + norm2(conv2(leaky(norm1(conv1(x))))))
+    assert torch.allclose(block(x), by_hand, atol=1e-6)
+
+
+def test_residual_discriminator_shapes_and_plain_layout_unchanged():
+    from cifargen.models.acgan import ACGAN
+    residual, plain = ACGAN(trunk="residual", d_width=8), ACGAN(d_width=8)
+    adv, classes = residual.discriminator(torch.rand(3, 3, 32, 32))
+    assert adv.shape == (3,) and classes.shape == (3, 10)
+    blocks = [m for m in residual.discriminator.trunk if type(m).__name__ == "ResidualBlock"]
+    assert len(blocks) == 3 and [b.body[0].in_channels for b in blocks] == [8, 16, 32]
+    # The plain trunk keeps the parameter names saved models have.
+    assert "trunk.2.weight" in plain.discriminator.state_dict() and "trunk.9.weight" in plain.discriminator.state_dict()
+    with pytest.raises(ConfigError, match="trunk"):
+        ACGAN(trunk="dense")
+
+
+def test_moving_average_follows_its_recursion():
+    """After each step, average = decay * average + (1 - decay) * weights, starting from the first weights."""
+    torch.manual_seed(0)
+    decay = 0.9
+    config = default_config("acgan", ema_decay=decay, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    expected = None
+    for _ in range(3):
+        recipe.train_step(torch.rand(8, 3, 32, 32), torch.randint(10, (8,)))
+        recipe.after_step()
+        weights = {k: v.double().numpy().copy() for k, v in recipe.generator.state_dict().items()
+                   if v.is_floating_point()}
+        expected = weights if expected is None else {k: decay * expected[k] + (1 - decay) * weights[k] for k in weights}
+    averaged = recipe.averages["generator"].module.state_dict()
+    for key, value in expected.items():
+        np.testing.assert_allclose(averaged[key].double().numpy(), value, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert not torch.equal(averaged["to_logits.weight"], recipe.generator.state_dict()["to_logits.weight"])
+
+
+def test_moving_average_is_evaluated_exported_and_checkpointed():
+    torch.manual_seed(0)
+    config = default_config("acgan", ema_decay=0.5, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    for _ in range(2):
+        recipe.train_step(torch.rand(8, 3, 32, 32), torch.randint(10, (8,)))
+        recipe.after_step()
+    state = recipe.model_state()
+    assert set(state) == {"generator", "discriminator", "generator_average", "discriminator_average"}
+    exported = recipe.export_model()
+    for name in ("generator", "discriminator"):
+        for key, value in getattr(exported, name).state_dict().items():
+            assert torch.equal(value, recipe.averages[name].module.state_dict()[key]), key
+    fresh = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    fresh.load_state_dict(recipe.state_dict())
+    for name, average in recipe.averages.items():
+        other = fresh.averages[name].state_dict()
+        assert all(torch.equal(v, other[k]) for k, v in average.state_dict().items())
+    with pytest.raises(ConfigError, match="ema_decay"):
+        default_config("acgan", ema_decay=1.0).validate()

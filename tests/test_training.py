@@ -332,3 +332,33 @@ def test_out_of_memory_building_the_networks_and_other_errors(cifar_root, tmp_pa
     monkeypatch.setattr(VAERecipe, "train_step", a_bug)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # not mistaken for a memory problem
         run("vae", cifar_root, tmp_path / "b", epochs=1)
+
+
+def test_acgan_moving_averages_resume_bit_identically(cifar_root, tmp_path, monkeypatch):
+    """Ctrl-C mid-epoch, then --resume: the moving averages (and everything else) end as in an uninterrupted run."""
+    import os
+    import signal
+
+    from cifargen.models.acgan import ACGANConfig
+    from cifargen.modelfile import load
+    from cifargen.recipes.acgan import ACGANRecipe
+
+    settings = dict(epochs=2, batch_size=32, limit_train=128, limit_test=40, ema_decay=0.9, quality=False,
+                    arch=ACGANConfig(width=8, d_width=8, latent_dim=8, trunk="residual"))
+    full = run("acgan", cifar_root, tmp_path / "full", **settings)
+    assert set(full["best"]) == {"accuracy", "accuracy_raw"}
+    original, calls = ACGANRecipe.train_step, {"n": 0}
+
+    def interrupting(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, step 2 of 4
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
+
+    monkeypatch.setattr(ACGANRecipe, "train_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run("acgan", cifar_root, tmp_path / "cut", **settings)
+    resumed = run("acgan", cifar_root, tmp_path / "cut", resume=True, **settings)
+    assert _history_without_timings(resumed) == _history_without_timings(full)
+    a, b = load(tmp_path / "full"), load(tmp_path / "cut")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

@@ -17,6 +17,9 @@ from .vae import (Decoder, Samples, VAEConfig, check_levels, leaky_relu, levels_
                   standard_normal_latents)
 
 
+TRUNKS = ("plain", "residual")
+
+
 @dataclass
 class ACGANConfig:
     """Architecture of the AC-GAN. The defaults are the ones behind the headline results (docs/DECISIONS.md)."""
@@ -34,6 +37,7 @@ class ACGANConfig:
     spectral_norm: bool = False
     norm: str = "group"        # discriminator, after every convolution but the first: group, batch or none
     norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
+    trunk: str = "plain"       # discriminator: plain (two convolutions per level) or residual (a residual block, then the strided one)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -41,6 +45,8 @@ class ACGANConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.norm not in ("batch", "group", "none"):
             raise ConfigError(f"norm must be 'batch', 'group' or 'none', got {self.norm!r}")
+        if self.trunk not in TRUNKS:
+            raise ConfigError(f"trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
         if self.norm_group_size is not None and self.norm_group_size <= 0:
             raise ConfigError(f"norm_group_size must be positive (or None), got {self.norm_group_size}")
         if not 0 <= self.dropout < 1:
@@ -71,11 +77,28 @@ class Generator(Decoder):
         self.num_classes = config.num_classes
 
 
+class ResidualBlock(nn.Module):
+    """LeakyReLU(x + norm(conv(LeakyReLU(norm(conv(x)))))): the reference classifier's block, with the
+    discriminator's normalisation and activation."""
+
+    def __init__(self, channels: int, norm, wrap):
+        super().__init__()
+        self.body = nn.Sequential(wrap(nn.Conv2d(channels, channels, 3, padding=1)), norm(channels), nn.LeakyReLU(0.2),
+                                  wrap(nn.Conv2d(channels, channels, 3, padding=1)), norm(channels))
+        self.activation = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x + self.body(x))
+
+
 class Discriminator(nn.Module):
     """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
 
-    Two 3x3 convolutions per resolution (the second strided), group norm (all but the first
-    convolution), LeakyReLU and dropout (``layers.Dropout``: nn.Dropout's distribution, a faster mask).
+    Per resolution, ``trunk="plain"``: a 3x3 convolution, then a strided one that halves the size
+    and doubles the channels; ``trunk="residual"``: a residual block (:class:`ResidualBlock`) in
+    place of the first. Every convolution but the first is followed by the normalisation
+    (``norm``) and LeakyReLU, every resolution by dropout (``layers.Dropout``: nn.Dropout's
+    distribution, a faster mask).
     """
 
     def __init__(self, config: ACGANConfig):
@@ -86,8 +109,11 @@ class Discriminator(nn.Module):
         norm = {"batch": nn.BatchNorm2d, "group": lambda channels: group_norm(channels, config.norm_group_size),
                 "none": lambda channels: nn.Identity()}[config.norm]
         for _ in range(config.downsamples):
-            layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2),
-                       wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
+            if config.trunk == "residual":
+                layers.append(ResidualBlock(c, norm, wrap))
+            else:
+                layers += [wrap(nn.Conv2d(c, c, 3, padding=1)), norm(c), nn.LeakyReLU(0.2)]
+            layers += [wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
                        Dropout(config.dropout)]
             c *= 2
         self.trunk = nn.Sequential(*layers, Flatten())

@@ -8,18 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..augment import flip_and_translate
 from ..data import ImageDataset
 from ..errors import ConfigError
 from ..evaluation import evaluate_acgan
 from ..images import denormalize
-from ..losses import adversarial_loss, auxiliary_loss
+from ..losses import adversarial_loss, auxiliary_loss, hinge_discriminator_loss, hinge_generator_loss
 from ..models.acgan import ACGAN, ACGANConfig
 from ..plotting import plot_curves, save_labelled_grid
 from ..runtime import autocast
 from .base import Recipe, TrainConfig
 
+ADVERSARIAL_LOSSES = ("bce", "hinge")
 NUM_FIXED_SAMPLES = 20
 FIGURE_COLUMNS = 10  # samples per row of E<epoch>.png
 
@@ -42,6 +44,10 @@ class ACGANTrainConfig(TrainConfig):
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
     mode_seeking: float = 0.3
     real_class_weight: float = 3.0  # weight of D's class loss on real images; its other terms weigh 1
+    adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
+    # Exponential moving average of both networks' weights, updated every step (0: off). The
+    # averages draw the figures and samples, are evaluated, and are what the model file holds.
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         super().validate()
@@ -51,6 +57,10 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.real_class_weight <= 0:
             raise ConfigError(f"real_class_weight must be positive, got {self.real_class_weight}")
+        if self.adversarial not in ADVERSARIAL_LOSSES:
+            raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {self.adversarial!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}")
 
 
 @contextlib.contextmanager
@@ -108,13 +118,44 @@ class ACGANRecipe(Recipe):
             decay = lambda step: min(1.0, (total - step) / max(1, total - start))
             self.step_schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay)
                                     for name, opt in self.optimizers.items()}
+        # Moving averages of the weights (buffers too: the generator's batch-norm statistics).
+        self.averages = {}
+        if config.ema_decay > 0:
+            self.averages = {name: AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
+                                                 use_buffers=True).eval()
+                             for name, module in self.modules.items()}
         # Drawn once from the seed, so every epoch's figure renders the same z and classes.
         fixed = torch.Generator().manual_seed(config.seed + 1)
         self.fixed_z = torch.randn(NUM_FIXED_SAMPLES, arch.latent_dim, generator=fixed)
         self.fixed_classes = torch.randint(arch.num_classes, (NUM_FIXED_SAMPLES,), generator=fixed)
 
     def export_model(self):
-        return self.gan
+        """The GAN whose weights are the moving averages when they are kept, else the trained ones."""
+        if not self.averages:
+            return self.gan
+        gan = ACGAN(self.gan.config).to(self.device, memory_format=torch.channels_last)
+        for name, average in self.averages.items():
+            getattr(gan, name).load_state_dict(average.module.state_dict())
+        return gan.eval()
+
+    def sampling_generator(self) -> torch.nn.Module:
+        """The generator that draws figures: the moving average when one is kept."""
+        return self.averages["generator"].module if self.averages else self.generator
+
+    def after_step(self) -> None:
+        super().after_step()
+        for name, average in self.averages.items():
+            average.update_parameters(self.modules[name])
+
+    def model_state(self) -> dict:
+        state = super().model_state()
+        state.update({f"{name}_average": average.state_dict() for name, average in self.averages.items()})
+        return state
+
+    def load_model_state(self, state: dict) -> None:
+        super().load_model_state(state)
+        for name, average in self.averages.items():
+            average.load_state_dict(state[f"{name}_average"])
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return flip_and_translate(x, self.config.flip_augment, self.config.translate_augment)
@@ -135,7 +176,10 @@ class ACGANRecipe(Recipe):
         # Discriminator: real -> real, generated -> fake, both -> their classes; one pass over both.
         with autocast(self.device, self.autocast_dtype):
             adv, cls = self.step_discriminator(self._augment(torch.cat([x, fake.detach()])))
-        d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:], False)
+        if self.config.adversarial == "hinge":
+            d_adv = hinge_discriminator_loss(adv[:b], adv[b:])
+        else:
+            d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:], False)
         d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y) + auxiliary_loss(cls[b:], y_fake)
         d_loss = d_adv + d_aux
         opt_d.zero_grad(set_to_none=True)
@@ -148,7 +192,8 @@ class ACGANRecipe(Recipe):
         self.discriminator.requires_grad_(False)
         with autocast(self.device, self.autocast_dtype), frozen_running_stats(self.discriminator):
             adv_g, cls_g = self.discriminator(self._augment(fake))
-        g_loss = adversarial_loss(adv_g, True) + auxiliary_loss(cls_g, y_fake)
+        g_adv = hinge_generator_loss(adv_g) if self.config.adversarial == "hinge" else adversarial_loss(adv_g, True)
+        g_loss = g_adv + auxiliary_loss(cls_g, y_fake)
         if self.config.mode_seeking > 0:
             g_loss = g_loss + self.config.mode_seeking * mode_seeking_loss(fake, z)
         opt_g.zero_grad(set_to_none=True)
@@ -160,11 +205,17 @@ class ACGANRecipe(Recipe):
         return {"g_loss": g_loss.detach(), "d_loss": d_loss.detach(), "accuracy": accuracy}
 
     def evaluate(self, test_set: ImageDataset) -> dict[str, float]:
-        return evaluate_acgan(self.discriminator, test_set, self.device, self.autocast_dtype)
+        """Auxiliary test accuracy; with moving averages, the averaged discriminator's (the one the
+        model file keeps) and the trained one's as ``accuracy_raw``."""
+        raw = evaluate_acgan(self.discriminator, test_set, self.device, self.autocast_dtype)
+        if not self.averages:
+            return raw
+        averaged = evaluate_acgan(self.averages["discriminator"].module, test_set, self.device, self.autocast_dtype)
+        return {"accuracy": averaged["accuracy"], "accuracy_raw": raw["accuracy"]}
 
     def render_fixed(self) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            return self.generator(self.fixed_z.to(self.device), self.fixed_classes.to(self.device)).float()
+            return self.sampling_generator()(self.fixed_z.to(self.device), self.fixed_classes.to(self.device)).float()
 
     def epoch_images(self, epoch: int, test_set: ImageDataset) -> dict[str, torch.Tensor]:
         """The fixed z and classes rendered, ten to a row as in E<epoch>.png."""
@@ -183,7 +234,11 @@ class ACGANRecipe(Recipe):
         plot_curves(epochs, {"generator loss": [h["train"]["g_loss"] for h in history],
                              "discriminator loss": [h["train"]["d_loss"] for h in history]},
                     out_dir / "loss.png", title="AC-GAN training losses per epoch")
-        plot_curves(epochs, {"train accuracy (real batches)": [h["train"]["accuracy"] for h in history],
-                             "test accuracy": [h["test"]["accuracy"] for h in history]},
-                    out_dir / "accuracy.png", title="AC-GAN auxiliary classifier accuracy")
+        curves = {"train accuracy (real batches)": [h["train"]["accuracy"] for h in history]}
+        if "accuracy_raw" in history[-1]["test"]:
+            curves["test accuracy, trained weights"] = [h["test"].get("accuracy_raw", float("nan")) for h in history]
+            curves["test accuracy, moving average"] = [h["test"]["accuracy"] for h in history]
+        else:
+            curves["test accuracy"] = [h["test"]["accuracy"] for h in history]
+        plot_curves(epochs, curves, out_dir / "accuracy.png", title="AC-GAN auxiliary classifier accuracy")
         return {}
