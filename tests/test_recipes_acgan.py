@@ -171,3 +171,17 @@ def test_moving_average_is_evaluated_exported_and_checkpointed():
         assert all(torch.equal(v, other[k]) for k, v in average.state_dict().items())
     with pytest.raises(ConfigError, match="ema_decay"):
         default_config("acgan", ema_decay=1.0).validate()
+
+
+def test_pooled_class_head_reads_the_mean_feature():
+    from cifargen.models.acgan import ACGAN
+    torch.manual_seed(0)
+    d = ACGAN(d_width=8, class_pool=True).discriminator.eval()
+    x = torch.rand(2, 3, 32, 32)
+    features = d.trunk(x)  # (2, 64, 4, 4)
+    adv, classes = d(x)
+    assert d.class_head.in_features == 64
+    by_numpy = (features.detach().numpy().mean((2, 3)) @ d.class_head.weight.detach().numpy().T
+                + d.class_head.bias.detach().numpy())
+    np.testing.assert_allclose(classes.detach().numpy(), by_numpy, atol=1e-5)
+    assert torch.allclose(adv, d.adv_head(features.flatten(1)).squeeze(1), atol=1e-6)

@@ -38,6 +38,7 @@ class ACGANConfig:
     norm: str = "group"        # discriminator, after every convolution but the first: group, batch or none
     norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
     trunk: str = "plain"       # discriminator: plain (two convolutions per level) or residual (a residual block, then the strided one)
+    class_pool: bool = False   # discriminator: the class head reads the trunk's features averaged over positions (else all of them)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -116,14 +117,17 @@ class Discriminator(nn.Module):
             layers += [wrap(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)), norm(2 * c), nn.LeakyReLU(0.2),
                        Dropout(config.dropout)]
             c *= 2
-        self.trunk = nn.Sequential(*layers, Flatten())
+        self.trunk = nn.Sequential(*layers)
+        self.flatten = Flatten()
         features = c * (config.image_size // 2 ** config.downsamples) ** 2
+        self.class_pool = config.class_pool
         self.adv_head = wrap(nn.Linear(features, 1))
-        self.class_head = nn.Linear(features, config.num_classes)
+        self.class_head = nn.Linear(c if config.class_pool else features, config.num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
-        return self.adv_head(h).squeeze(1), self.class_head(h)
+        flat = self.flatten(h)
+        return self.adv_head(flat).squeeze(1), self.class_head(h.mean((2, 3)) if self.class_pool else flat)
 
 
 class ACGAN(nn.Module):
