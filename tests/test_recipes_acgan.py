@@ -185,3 +185,21 @@ def test_pooled_class_head_reads_the_mean_feature():
                 + d.class_head.bias.detach().numpy())
     np.testing.assert_allclose(classes.detach().numpy(), by_numpy, atol=1e-5)
     assert torch.allclose(adv, d.adv_head(features.flatten(1)).squeeze(1), atol=1e-6)
+
+
+def test_consistency_term_matches_numpy_and_sees_a_second_view():
+    from cifargen.recipes.acgan import consistency_loss
+    torch.manual_seed(0)
+    adv_a, adv_b, cls_a, cls_b = torch.randn(5), torch.randn(5), torch.randn(5, 10), torch.randn(5, 10)
+    expected = ((adv_a.numpy() - adv_b.numpy()) ** 2).mean() + ((cls_a.numpy() - cls_b.numpy()) ** 2).sum(1).mean()
+    assert consistency_loss(adv_a, cls_a, adv_b, cls_b).item() == pytest.approx(expected, rel=1e-5)
+    assert consistency_loss(adv_a, cls_a, adv_a, cls_a).item() == 0.0
+
+    config = default_config("acgan", consistency=10.0, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    seen = []
+    recipe.discriminator.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    out = recipe.train_step(torch.rand(6, 3, 32, 32), torch.randint(10, (6,)))
+    assert seen == [18, 6] and all(torch.isfinite(v) for v in out.values())  # real, fake, real again; then G's step
+    with pytest.raises(ConfigError, match="consistency"):
+        default_config("acgan", consistency=-1.0).validate()

@@ -45,6 +45,9 @@ class ACGANTrainConfig(TrainConfig):
     mode_seeking: float = 0.3
     real_class_weight: float = 3.0  # weight of D's class loss on real images; its other terms weigh 1
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
+    # Consistency regularisation (bCR, Zhao et al. 2021) on real images: weight of the squared
+    # difference between D's outputs (both heads) on two augmentations of each image (0: off).
+    consistency: float = 0.0
     # Exponential moving average of both networks' weights, updated every step (0: off). The
     # averages draw the figures and samples, are evaluated, and are what the model file holds.
     ema_decay: float = 0.0
@@ -59,6 +62,8 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"real_class_weight must be positive, got {self.real_class_weight}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {self.adversarial!r}")
+        if self.consistency < 0:
+            raise ConfigError(f"consistency must be >= 0, got {self.consistency}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (0: no moving average), got {self.ema_decay}")
 
@@ -89,6 +94,13 @@ def mode_seeking_loss(images: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) 
     first, last = slice(0, half), slice(images.shape[0] - half, None)
     ratio = (images[first].float() - images[last].float()).abs().mean() / (z[first] - z[last]).abs().mean()
     return 1.0 / (ratio + eps)
+
+
+def consistency_loss(adv_a: torch.Tensor, cls_a: torch.Tensor, adv_b: torch.Tensor, cls_b: torch.Tensor) -> torch.Tensor:
+    """bCR's term: mean squared difference of the real/fake logits plus that of the class logits
+    (summed over classes) between two augmentations of the same images."""
+    adv_term = (adv_a.float() - adv_b.float()).pow(2).mean()
+    return adv_term + (cls_a.float() - cls_b.float()).pow(2).sum(1).mean()
 
 
 class ACGANRecipe(Recipe):
@@ -173,15 +185,19 @@ class ACGANRecipe(Recipe):
         with autocast(self.device, self.autocast_dtype):
             fake = self.step_generator(z, y_fake)
 
-        # Discriminator: real -> real, generated -> fake, both -> their classes; one pass over both.
+        # Discriminator: real -> real, generated -> fake, both -> their classes; one pass over both
+        # (and over a second augmentation of the real images, for the consistency term).
+        views = [x, fake.detach(), x] if self.config.consistency > 0 else [x, fake.detach()]
         with autocast(self.device, self.autocast_dtype):
-            adv, cls = self.step_discriminator(self._augment(torch.cat([x, fake.detach()])))
+            adv, cls = self.step_discriminator(self._augment(torch.cat(views)))
         if self.config.adversarial == "hinge":
-            d_adv = hinge_discriminator_loss(adv[:b], adv[b:])
+            d_adv = hinge_discriminator_loss(adv[:b], adv[b:2 * b])
         else:
-            d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:], False)
-        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y) + auxiliary_loss(cls[b:], y_fake)
+            d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:2 * b], False)
+        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y) + auxiliary_loss(cls[b:2 * b], y_fake)
         d_loss = d_adv + d_aux
+        if self.config.consistency > 0:
+            d_loss = d_loss + self.config.consistency * consistency_loss(adv[:b], cls[:b], adv[2 * b:], cls[2 * b:])
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
