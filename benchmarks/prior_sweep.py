@@ -29,15 +29,18 @@ DEFAULT_GRID = ("1:full:1e-6", "1:full:1e-4", "1:full:1e-2", "2:full:1e-4", "4:f
 
 
 def parse_setting(text: str) -> PriorConfig:
-    components, covariance, reg = text.split(":")
-    return PriorConfig(n_components=int(components), covariance_type=covariance, reg_covar=float(reg))
+    """``K:COV:REG`` or ``K:COV:REG:TEMPERATURE``."""
+    components, covariance, reg, *temperature = text.split(":")
+    return PriorConfig(n_components=int(components), covariance_type=covariance, reg_covar=float(reg),
+                       temperature=float(temperature[0]) if temperature else 1.0)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="VAE or CVAE run folder")
-    parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), metavar="K:COV:REG",
-                        help="settings to fit: components:full|diag:reg_covar (default: %(default)s)")
+    parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), metavar="K:COV:REG[:T]",
+                        help="settings to fit: components:full|diag:reg_covar, and optionally the sampling "
+                             "temperature (default: %(default)s)")
     parser.add_argument("--data-dir", help="data folder (default: the one the model was trained with)")
     parser.add_argument("--quality", action="store_true", help="also the sample-quality figures of each setting")
     parser.add_argument("--samples", type=int, default=10_000, help="samples per quality measurement")

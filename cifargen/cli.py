@@ -60,6 +60,7 @@ def _float_where(accept, what: str):
 
 _positive_float = _float_where(lambda v: 0 < v < float("inf"), "a positive number")
 _fraction = _float_where(lambda v: 0 <= v < 1, "in [0, 1)")
+_temperature = _float_where(lambda v: 0 < v <= 1, "in (0, 1]")
 _non_negative_float = _float_where(lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"covariance of each component (default: {defaults.covariance_type})")
     fit.add_argument("--reg-covar", type=_non_negative_float, default=defaults.reg_covar,
                      help=f"added to every covariance's diagonal (default: {defaults.reg_covar})")
+    fit.add_argument("--temperature", type=_temperature, default=defaults.temperature,
+                     help="sample from each component with its spread times this factor, in (0, 1]: below 1 trades "
+                          f"diversity for typical samples (default: {defaults.temperature}, the fitted density)")
     fit.add_argument("--data-dir", help="data folder (default: the one the model was trained with)")
     fit.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     fit.add_argument("--no-quality", dest="quality", action="store_false",
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             run_sample(args)
         elif args.command == "fit-prior":
-            report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar),
+            report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar, temperature=args.temperature),
                                    resolve_device(args.device), args.data_dir, args.quality)
             print(json.dumps(report, indent=2))
         elif args.command == "serve":

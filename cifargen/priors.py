@@ -41,6 +41,9 @@ class PriorConfig:
     reg_covar: float = 1e-4        # added to every covariance's diagonal: the codes span fewer than 512 directions
     max_iter: int = 100
     seed: int = 0
+    # Sampling only: codes are drawn from N(mean, temperature^2 * covariance). 1 samples the fitted
+    # density itself; below 1 trades diversity for typical samples (truncation).
+    temperature: float = 1.0
 
     def __post_init__(self):
         if self.n_components < 1:
@@ -49,6 +52,8 @@ class PriorConfig:
             raise ConfigError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}")
         if not self.reg_covar >= 0:
             raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        if not 0 < self.temperature <= 1:
+            raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
 
 
 class GaussianMixturePrior:
@@ -107,11 +112,12 @@ class GaussianMixturePrior:
         return labels.cpu().long()
 
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` codes (on the CPU): a component by its weight, then mean + scale_tril @ eps."""
+        """``n`` codes (on the CPU): a component by its weight, then mean + temperature * scale_tril @ eps."""
         group = self._group(labels, n)
         component = torch.multinomial(self.weights[group], 1, generator=generator).squeeze(1)
         eps = torch.randn(n, self.latent_dim, 1, generator=generator)
-        return self.means[group, component] + (self.scale_tril[group, component] @ eps).squeeze(-1)
+        spread = (self.scale_tril[group, component] @ eps).squeeze(-1)
+        return self.means[group, component] + (spread if self.config.temperature == 1 else self.config.temperature * spread)
 
     def log_likelihood(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Log-density of each code under its group's mixture (nats)."""
@@ -178,7 +184,7 @@ def load_prior(folder: Path, settings: dict) -> GaussianMixturePrior:
     path = folder / PRIOR_WEIGHTS
     try:
         tensors = load_file(str(path))
-        known = {k: settings[k] for k in ("n_components", "covariance_type", "reg_covar", "max_iter", "seed") if k in settings}
+        known = {k: settings[k] for k in ("n_components", "covariance_type", "reg_covar", "max_iter", "seed", "temperature") if k in settings}
         return GaussianMixturePrior(tensors["weights"], tensors["means"], tensors["scale_tril"], PriorConfig(**known),
                                     per_class=bool(settings["per_class"]), report=settings.get("fit"))
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:

@@ -52,6 +52,19 @@ def test_samples_follow_the_fitted_mixture_and_are_seeded():
     assert torch.equal(again, prior.sample(100, generator=torch.Generator().manual_seed(0)))
 
 
+def test_temperature_scales_each_components_spread():
+    codes, _, _ = synthetic_mixture()
+    fitted = GaussianMixturePrior.fit(codes, None, PriorConfig(n_components=1, reg_covar=1e-6))
+    cooled = GaussianMixturePrior(fitted.weights, fitted.means, fitted.scale_tril, PriorConfig(temperature=0.5),
+                                  per_class=False)
+    samples = cooled.sample(40_000, generator=torch.Generator().manual_seed(0)).double().numpy()
+    cov = (fitted.scale_tril @ fitted.scale_tril.transpose(-1, -2))[0, 0].double().numpy()
+    np.testing.assert_allclose(samples.mean(0), fitted.means[0, 0].double().numpy(), atol=0.03)
+    np.testing.assert_allclose(np.cov(samples, rowvar=False), 0.25 * cov, atol=0.05)  # covariance times 0.5**2
+    with pytest.raises(ConfigError, match="temperature"):
+        PriorConfig(temperature=0.0)
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_log_likelihood_matches_scikit_learn(covariance_type):
     codes, _, _ = synthetic_mixture(2000)
