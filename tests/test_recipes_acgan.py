@@ -203,3 +203,17 @@ def test_consistency_term_matches_numpy_and_sees_a_second_view():
     assert seen == [18, 6] and all(torch.isfinite(v) for v in out.values())  # real, fake, real again; then G's step
     with pytest.raises(ConfigError, match="consistency"):
         default_config("acgan", consistency=-1.0).validate()
+
+
+@pytest.mark.parametrize("fake_class_weight, d_class_batches", [(1.0, [4, 4]), (0.0, [4])])
+def test_fake_class_weight_zero_teaches_the_classes_from_real_images_only(monkeypatch, fake_class_weight, d_class_batches):
+    from cifargen.losses import auxiliary_loss
+    from cifargen.recipes import acgan
+    sizes = []
+    monkeypatch.setattr(acgan, "auxiliary_loss", lambda logits, y: sizes.append(len(y)) or auxiliary_loss(logits, y))
+    config = default_config("acgan", fake_class_weight=fake_class_weight, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
+    assert sizes == d_class_batches + [4]  # the discriminator's terms, then the generator's
+    with pytest.raises(ConfigError, match="fake_class_weight"):
+        default_config("acgan", fake_class_weight=-1.0).validate()

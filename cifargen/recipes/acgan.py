@@ -43,7 +43,8 @@ class ACGANTrainConfig(TrainConfig):
     lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
     mode_seeking: float = 0.3
-    real_class_weight: float = 3.0  # weight of D's class loss on real images; its other terms weigh 1
+    real_class_weight: float = 3.0  # weight of D's class loss on real images
+    fake_class_weight: float = 1.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
     # Consistency regularisation (bCR, Zhao et al. 2021) on real images: weight of the squared
     # difference between D's outputs (both heads) on two augmentations of each image (0: off).
@@ -60,6 +61,8 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.real_class_weight <= 0:
             raise ConfigError(f"real_class_weight must be positive, got {self.real_class_weight}")
+        if self.fake_class_weight < 0:
+            raise ConfigError(f"fake_class_weight must be >= 0, got {self.fake_class_weight}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {self.adversarial!r}")
         if self.consistency < 0:
@@ -194,7 +197,9 @@ class ACGANRecipe(Recipe):
             d_adv = hinge_discriminator_loss(adv[:b], adv[b:2 * b])
         else:
             d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:2 * b], False)
-        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y) + auxiliary_loss(cls[b:2 * b], y_fake)
+        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y)
+        if self.config.fake_class_weight > 0:
+            d_aux = d_aux + self.config.fake_class_weight * auxiliary_loss(cls[b:2 * b], y_fake)
         d_loss = d_adv + d_aux
         if self.config.consistency > 0:
             d_loss = d_loss + self.config.consistency * consistency_loss(adv[:b], cls[:b], adv[2 * b:], cls[2 * b:])
