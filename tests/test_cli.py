@@ -18,6 +18,7 @@ def test_help_lists_models_and_defaults(capsys):
     ["train", "gan9000"], ["train", "vae", "--epochs", "0"], ["train", "vae", "--batch-size", "-3"],
     ["train", "vae", "--latent-dim", "0"], ["train", "vae", "--lr", "abc"], ["train", "vae", "--kl-ramp-from", "1.5"],
     ["train", "acgan", "--mode-seeking", "-1"],
+    ["train", "acgan", "--ema-decay", "1"],
     ["train", "classifier"], ["classifier", "train", "--latent-dim", "8"],
 ])
 def test_bad_flags_are_refused_by_the_parser(argv, capsys):
@@ -68,8 +69,9 @@ def test_flags_map_onto_config():
     args.model = "classifier"
     config = config_from_args(args)
     assert config.model == "classifier" and config.epochs == 3 and config.arch.width == 8
-    config = config_from_args(build_parser().parse_args(["train", "acgan", "--d-lr", "1e-3", "--mode-seeking", "0.5"]))
-    assert config.d_lr == 1e-3 and config.mode_seeking == 0.5 and config.lr == 2e-4
+    config = config_from_args(build_parser().parse_args(["train", "acgan", "--d-lr", "1e-3", "--mode-seeking", "0.5",
+                                                         "--ema-decay", "0.999"]))
+    assert config.d_lr == 1e-3 and config.mode_seeking == 0.5 and config.lr == 2e-4 and config.ema_decay == 0.999
     with pytest.raises(ConfigError, match="--mode-seeking applies to acgan, not vae"):
         config_from_args(build_parser().parse_args(["train", "vae", "--mode-seeking", "1"]))
 
