@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             run_sample(args)
         elif args.command == "fit-prior":
-            report = fit_run_prior(args.run, PriorConfig(args.components, args.covariance, args.reg_covar, temperature=args.temperature),
+            prior = PriorConfig(args.components, args.covariance, args.reg_covar, temperature=args.temperature)
+            report = fit_run_prior(args.run, prior,
                                    resolve_device(args.device), args.data_dir, args.quality)
             print(json.dumps(report, indent=2))
         elif args.command == "serve":

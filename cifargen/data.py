@@ -10,7 +10,6 @@ float in [0, 1] one batch at a time (see :class:`BatchLoader`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -295,10 +294,9 @@ def download_cifar(root: Path, fmt: CifarFormat = CIFAR10, url: str | None = Non
     return target
 
 
-def download_cifar10(root: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5, timeout: float = 15.0) -> Path:
+def download_cifar10(root: Path, timeout: float = 15.0) -> Path:
     """Download CIFAR-10 into ``root`` (see :func:`download_cifar`)."""
-    fmt = CIFAR10 if md5 == CIFAR10.md5 else dataclasses.replace(CIFAR10, md5=md5)
-    return download_cifar(root, fmt, url, timeout)
+    return download_cifar(root, CIFAR10, timeout=timeout)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ training writes into the run folder (``skipped_images.txt``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -211,15 +212,16 @@ def _read_cache(path: Path, key: str) -> FolderSplit | None:
 
 def _write_cache(path: Path, key: str, split: FolderSplit) -> None:
     """Write the cache entry atomically; a cache that cannot be written only costs the next run time."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(partial, "wb") as f:
             np.savez(f, images=split.images.numpy(), labels=split.labels.numpy(), key=np.array(key),
                      meta=np.array(json.dumps({"class_names": split.class_names, "skipped": split.skipped})))
         os.replace(partial, path)
     except OSError:
-        Path(partial).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove where the folder could not be made
+            partial.unlink(missing_ok=True)
 
 
 def load_folder_split(folder: str | os.PathLike, image_size: int = 32, class_names: tuple[str, ...] | None = None,

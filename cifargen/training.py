@@ -30,10 +30,10 @@ from .errors import ConfigError, TrainingError
 from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
-from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, distributed_env, init_distributed,
-                      keep_freed_memory_for_reuse, physical_cores, remove_leftover_temporaries, resolve_device, resolve_precision, rng_state,
-                      seed_everything, set_rng_state)
-from .runtime import device_memory_bytes, is_out_of_memory
+from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, device_memory_bytes, distributed_env,
+                      init_distributed, is_out_of_memory, keep_freed_memory_for_reuse, physical_cores,
+                      remove_leftover_temporaries, resolve_device, resolve_precision, rng_state, seed_everything,
+                      set_rng_state)
 
 CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -376,13 +376,12 @@ def describe_splits(train_set: ImageDataset, test_set: ImageDataset) -> dict:
 
 def write_skipped_list(out: Path, train_set: ImageDataset, test_set: ImageDataset, log) -> None:
     """List the data folder's unreadable files in the run folder (``skipped_images.txt``), and say how many."""
-    skipped = [(name, split.info.get("source", ""), file, reason) for name, split in (("train", train_set), ("test", test_set))
-               for file, reason in split.info.get("skipped", [])]
-    if not skipped:
+    lines = [f"{split.info.get('source', '')}/{file}\t{reason}" for split in (train_set, test_set)
+             for file, reason in split.info.get("skipped", [])]
+    if not lines:
         return
-    lines = [f"{source}/{file}\t{reason}" for _, source, file, reason in skipped]
     (out / SKIPPED_IMAGES).write_text("\n".join(lines) + "\n")
-    log(f"skipped {len(skipped)} image file(s) that could not be read; the list is in {out / SKIPPED_IMAGES}")
+    log(f"skipped {len(lines)} image file(s) that could not be read; the list is in {out / SKIPPED_IMAGES}")
 
 
 def out_of_memory_error(exc: BaseException, config: TrainConfig, device, where: str, saved: str = "") -> TrainingError:

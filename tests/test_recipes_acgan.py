@@ -217,3 +217,22 @@ def test_fake_class_weight_zero_teaches_the_classes_from_real_images_only(monkey
     assert sizes == d_class_batches + [4]  # the discriminator's terms, then the generator's
     with pytest.raises(ConfigError, match="fake_class_weight"):
         default_config("acgan", fake_class_weight=-1.0).validate()
+
+
+def test_average_update_matches_torchs_averaged_model():
+    """update_average gives what AveragedModel.update_parameters gives, buffers (batch norm's) included."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from cifargen.recipes.acgan import update_average
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours, torchs = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True) for _ in range(2))
+    for _ in range(3):
+        net(torch.randn(2, 3, 6, 6))  # moves the batch-norm statistics
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        update_average(ours, net)
+        torchs.update_parameters(net)
+    assert all(torch.equal(v, torchs.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert int(ours.n_averaged) == 3 and ours.n_averaged.device.type == "cpu"

@@ -106,6 +106,23 @@ def consistency_loss(adv_a: torch.Tensor, cls_a: torch.Tensor, adv_b: torch.Tens
     return adv_term + (cls_a.float() - cls_b.float()).pow(2).sum(1).mean()
 
 
+@torch.no_grad()
+def update_average(average: AveragedModel, module: torch.nn.Module) -> None:
+    """``average.update_parameters(module)`` (buffers included) without its per-step copy of the
+    step count to the device, a host sync on GPUs: the count stays on the CPU, the first update
+    copies the weights, later ones apply the average's ``multi_avg_fn`` to each dtype's tensors."""
+    targets = [*average.module.parameters(), *average.module.buffers()]
+    sources = [t.detach() for t in (*module.parameters(), *module.buffers())]
+    if int(average.n_averaged) == 0:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+    else:
+        for dtype in dict.fromkeys(t.dtype for t in targets):
+            pairs = [(t, s) for t, s in zip(targets, sources) if t.dtype == dtype]
+            average.multi_avg_fn([t for t, _ in pairs], [s for _, s in pairs], average.n_averaged)
+    average.n_averaged += 1
+
+
 class ACGANRecipe(Recipe):
     best_metric = "accuracy"
     best_mode = "max"
@@ -160,7 +177,7 @@ class ACGANRecipe(Recipe):
     def after_step(self) -> None:
         super().after_step()
         for name, average in self.averages.items():
-            average.update_parameters(self.modules[name])
+            update_average(average, self.modules[name])
 
     def model_state(self) -> dict:
         state = super().model_state()

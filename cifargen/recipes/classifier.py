@@ -24,7 +24,6 @@ from ..runtime import autocast, cache_root
 from .base import Recipe, TrainConfig
 
 
-
 def classifier_dir_for(identity: dict) -> Path:
     """The cache folder of the reference classifier of one data set (name, classes, image size):
     ``$CIFARGEN_CACHE/classifier/<name>-<N>classes-<S>px-<digest of the class names>``."""
