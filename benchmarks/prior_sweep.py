@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="VAE or CVAE run folder")
     parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), metavar="K:COV:REG[:T]",
-                        help="settings to fit: components:full|diag:reg_covar, and optionally the sampling "
+                        help="settings to fit: components:full|tied|diag:reg_covar, and optionally the sampling "
                              "temperature (default: %(default)s)")
     parser.add_argument("--data-dir", help="data folder (default: the one the model was trained with)")
     parser.add_argument("--quality", action="store_true", help="also the sample-quality figures of each setting")

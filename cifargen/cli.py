@@ -20,7 +20,7 @@ from .data import DATA_DIR_ENV, DATASETS
 from .errors import CifargenError, ConfigError
 from .modelfile import WEIGHTS, load
 from .plotting import plot_confusion
-from .priors import PriorConfig
+from .priors import COVARIANCE_TYPES, PriorConfig
 from .quality import find_reference_classifier, inception_metrics, quality_report, real_image_reference
 from .registry import GENERATORS, MODELS, default_config, model_kind
 from .runtime import CACHE_ENV, resolve_device, resolve_precision
@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = PriorConfig()
     fit.add_argument("--components", type=_positive_int, default=defaults.n_components,
                      help=f"mixture components per mixture (default: {defaults.n_components})")
-    fit.add_argument("--covariance", choices=["full", "diag"], default=defaults.covariance_type,
-                     help=f"covariance of each component (default: {defaults.covariance_type})")
+    fit.add_argument("--covariance", choices=list(COVARIANCE_TYPES), default=defaults.covariance_type,
+                     help=f"covariance of each component; tied: one shared by a mixture's components (default: {defaults.covariance_type})")
     fit.add_argument("--reg-covar", type=_non_negative_float, default=defaults.reg_covar,
                      help=f"added to every covariance's diagonal (default: {defaults.reg_covar})")
     fit.add_argument("--temperature", type=_temperature, default=defaults.temperature,

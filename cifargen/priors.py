@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .runtime import atomic_write_bytes, autocast
 
 PRIOR_WEIGHTS = "prior.safetensors"
+COVARIANCE_TYPES = ("full", "tied", "diag")
 
 
 @dataclass
@@ -37,7 +38,7 @@ class PriorConfig:
     """How the mixture is fitted; the defaults are the measured choice (docs/DECISIONS.md)."""
 
     n_components: int = 1          # per mixture (per class for conditional models)
-    covariance_type: str = "full"  # full or diag
+    covariance_type: str = "full"  # full, tied (one covariance shared by a mixture's components) or diag
     reg_covar: float = 1e-4        # added to every covariance's diagonal: the codes span fewer than 512 directions
     max_iter: int = 100
     seed: int = 0
@@ -48,8 +49,8 @@ class PriorConfig:
     def __post_init__(self):
         if self.n_components < 1:
             raise ConfigError(f"n_components must be at least 1, got {self.n_components}")
-        if self.covariance_type not in ("full", "diag"):
-            raise ConfigError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ConfigError(f"covariance_type must be one of {', '.join(COVARIANCE_TYPES)}, got {self.covariance_type!r}")
         if not self.reg_covar >= 0:
             raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
         if not 0 < self.temperature <= 1:
@@ -60,7 +61,8 @@ class GaussianMixturePrior:
     """One Gaussian mixture per group of codes: a single group, or one per class.
 
     ``weights`` (G, K), ``means`` (G, K, D) and ``scale_tril`` (G, K, D, D): the Cholesky factors
-    of the covariances (diagonal ones for ``covariance_type="diag"``).
+    of the covariances (diagonal ones for ``covariance_type="diag"``; (G, 1, D, D) for ``"tied"``,
+    one factor shared by a group's components).
     """
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, scale_tril: torch.Tensor, config: PriorConfig,
@@ -100,6 +102,8 @@ class GaussianMixturePrior:
         means = torch.tensor(np.stack([m.means_ for m in mixtures]))
         if config.covariance_type == "full":
             scale = torch.linalg.cholesky(torch.tensor(np.stack([m.covariances_ for m in mixtures])))
+        elif config.covariance_type == "tied":
+            scale = torch.linalg.cholesky(torch.tensor(np.stack([m.covariances_[None] for m in mixtures])))
         else:
             scale = torch.diag_embed(torch.tensor(np.stack([m.covariances_ for m in mixtures])).sqrt())
         return cls(weights, means, scale, config, per_class=labels is not None)
@@ -116,7 +120,8 @@ class GaussianMixturePrior:
         group = self._group(labels, n)
         component = torch.multinomial(self.weights[group], 1, generator=generator).squeeze(1)
         eps = torch.randn(n, self.latent_dim, 1, generator=generator)
-        spread = (self.scale_tril[group, component] @ eps).squeeze(-1)
+        shared = self.scale_tril.shape[1] == 1  # tied: one factor per group
+        spread = (self.scale_tril[group, 0 if shared else component] @ eps).squeeze(-1)
         return self.means[group, component] + (spread if self.config.temperature == 1 else self.config.temperature * spread)
 
     def log_likelihood(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

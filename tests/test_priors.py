@@ -65,7 +65,23 @@ def test_temperature_scales_each_components_spread():
         PriorConfig(temperature=0.0)
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_a_tied_mixture_shares_one_covariance_and_samples_it():
+    rng = np.random.default_rng(2)
+    shared = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 0.3]])
+    means = np.array([[6.0, 0.0, 0.0], [-6.0, 0.0, 0.0]])
+    codes = np.concatenate([rng.multivariate_normal(m, shared, 4000) for m in means])
+    prior = GaussianMixturePrior.fit(codes, None, PriorConfig(n_components=2, covariance_type="tied", reg_covar=1e-6))
+    assert prior.scale_tril.shape == (1, 1, 3, 3)  # stored once per mixture
+    np.testing.assert_allclose((prior.scale_tril @ prior.scale_tril.transpose(-1, -2))[0, 0].numpy(), shared, atol=0.06)
+    samples = prior.sample(20_000, generator=torch.Generator().manual_seed(0)).double().numpy()
+    right = samples[:, 0] > 0  # each sample lies around the mean of the component it was drawn from
+    assert 0.47 < right.mean() < 0.53
+    for side, mean in ((right, means[0]), (~right, means[1])):
+        np.testing.assert_allclose(samples[side].mean(0), mean, atol=0.05)
+        np.testing.assert_allclose(np.cov(samples[side], rowvar=False), shared, atol=0.06)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag"])
 def test_log_likelihood_matches_scikit_learn(covariance_type):
     codes, _, _ = synthetic_mixture(2000)
     config = PriorConfig(n_components=3, covariance_type=covariance_type, reg_covar=1e-4)
