@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--components", type=_positive_int, default=defaults.n_components,
                      help=f"mixture components per mixture (default: {defaults.n_components})")
     fit.add_argument("--covariance", choices=list(COVARIANCE_TYPES), default=defaults.covariance_type,
-                     help=f"covariance of each component; tied: one shared by a mixture's components (default: {defaults.covariance_type})")
+                     help="covariance of each component; tied: one shared by a mixture's components "
+                          f"(default: {defaults.covariance_type})")
     fit.add_argument("--reg-covar", type=_non_negative_float, default=defaults.reg_covar,
                      help=f"added to every covariance's diagonal (default: {defaults.reg_covar})")
     fit.add_argument("--temperature", type=_temperature, default=defaults.temperature,
@@ -317,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             run_sample(args)
         elif args.command == "fit-prior":
             prior = PriorConfig(args.components, args.covariance, args.reg_covar, temperature=args.temperature)
-            report = fit_run_prior(args.run, prior,
-                                   resolve_device(args.device), args.data_dir, args.quality)
+            report = fit_run_prior(args.run, prior, resolve_device(args.device), args.data_dir, args.quality)
             print(json.dumps(report, indent=2))
         elif args.command == "serve":
             from .serve import run_server  # the web framework is an optional extra
