@@ -70,8 +70,8 @@ def test_flags_map_onto_config():
     config = config_from_args(args)
     assert config.model == "classifier" and config.epochs == 3 and config.arch.width == 8
     config = config_from_args(build_parser().parse_args(["train", "acgan", "--d-lr", "1e-3", "--mode-seeking", "0.5",
-                                                         "--ema-decay", "0.999"]))
-    assert config.d_lr == 1e-3 and config.mode_seeking == 0.5 and config.lr == 2e-4 and config.ema_decay == 0.999
+                                                         "--ema-decay", "0.99"]))
+    assert config.d_lr == 1e-3 and config.mode_seeking == 0.5 and config.lr == 2e-4 and config.ema_decay == 0.99
     with pytest.raises(ConfigError, match="--mode-seeking applies to acgan, not vae"):
         config_from_args(build_parser().parse_args(["train", "vae", "--mode-seeking", "1"]))
 

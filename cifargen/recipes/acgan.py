@@ -31,7 +31,7 @@ class ACGANTrainConfig(TrainConfig):
     """Training configuration of the AC-GAN; the defaults reproduce the headline results (docs/DECISIONS.md says why)."""
 
     model: str = "acgan"
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-4               # the generator's (and the discriminator's unless d_lr is set)
     d_lr: float | None = None      # the discriminator's learning rate (None: lr)
@@ -44,14 +44,14 @@ class ACGANTrainConfig(TrainConfig):
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
     mode_seeking: float = 0.3
     real_class_weight: float = 3.0  # weight of D's class loss on real images
-    fake_class_weight: float = 1.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
+    fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
     # Consistency regularisation (bCR, Zhao et al. 2021) on real images: weight of the squared
     # difference between D's outputs (both heads) on two augmentations of each image (0: off).
     consistency: float = 0.0
     # Exponential moving average of both networks' weights, updated every step (0: off). The
     # averages draw the figures and samples, are evaluated, and are what the model file holds.
-    ema_decay: float = 0.0
+    ema_decay: float = 0.999
 
     def validate(self) -> None:
         super().validate()
