@@ -33,10 +33,11 @@ def test_acgan_end_to_end(cifar_root, tmp_path):
     for name in ("E1.png", "loss.png", "metrics.json", "best.pt"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0.0 <= saved["best"]["accuracy"] <= 1.0
+    assert 0.0 <= saved["best"]["accuracy"] <= 1.0 and 0.0 <= saved["best"]["accuracy_raw"] <= 1.0
     assert set(saved["history"][0]["train"]) == {"g_loss", "d_loss", "accuracy"}
     best = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert set(best["models"]) == {"generator", "discriminator"}
+    # The default keeps moving averages of both networks beside the trained weights.
+    assert set(best["models"]) == {"generator", "discriminator", "generator_average", "discriminator_average"}
 
 
 def test_resume_matches_uninterrupted_run(cifar_root, tmp_path):
