@@ -39,9 +39,11 @@ PLACE_SETTINGS = ("out", "resume", "overwrite", "tensorboard")
 def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """``cls`` built from ``values`` as saved by ``dataclasses.asdict``.
 
-    Fields the file does not mention take their defaults; nested configurations are rebuilt;
-    JSON lists become tuples. Keys that name no field raise ``ConfigError``: they come from
-    another cifargen version (most likely a newer one), and ignoring them would change the model.
+    Fields the file does not mention take the value ``cls.VALUES_BEFORE_FIELD`` gives them (what
+    runs did before the field existed, where its default has changed since), else their defaults;
+    nested configurations are rebuilt; JSON lists become tuples. Keys that name no field raise
+    ``ConfigError``: they come from another cifargen version (most likely a newer one), and
+    ignoring them would change the model.
     """
     if not isinstance(values, dict):
         raise ConfigError(f"a saved {cls.__name__} must be a JSON object of settings, got {type(values).__name__}")
@@ -51,7 +53,7 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"the saved {cls.__name__} has settings this version of cifargen does not know "
                           f"({', '.join(unknown)}); it was written by another cifargen version, most likely "
                           "a newer one: upgrade cifargen to read it")
-    kwargs = {}
+    kwargs = dict(values_before_fields(cls, values))
     for f in fields:
         if f.name not in values:
             continue
@@ -68,9 +70,20 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"the saved {cls.__name__} is incomplete ({exc})") from None
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+def values_before_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The settings a saved ``cls`` leaves out because it is older than them, with the values runs
+    had before each setting existed (``cls.VALUES_BEFORE_FIELD``)."""
+    before = getattr(cls, "VALUES_BEFORE_FIELD", {})
+    return {name: value for name, value in before.items() if name not in values}
+
+
+def read_config_file(path: str | os.PathLike, cls: type | None = None) -> dict[str, Any]:
     """The training settings in ``path``: a run's ``config.json`` (its ``training`` part), a run's
-    ``metrics.json`` (its ``config`` part), any other JSON object, or a TOML file."""
+    ``metrics.json`` (its ``config`` part), any other JSON object, or a TOML file.
+
+    A run's file older than some settings of ``cls`` gets the values those settings had then, so
+    that it configures the run it describes; other files leave unmentioned settings to the caller.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -86,10 +99,15 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"--config {path} is not valid {kind} ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must hold an object of settings, got {type(values).__name__}")
+    saved_run = True
     if isinstance(values.get("training"), dict) and "arch" in values:  # a model file's config.json
         values = values["training"]
     elif isinstance(values.get("config"), dict) and "history" in values:  # a run's metrics.json
         values = values["config"]
+    else:
+        saved_run = False
+    if saved_run and cls is not None:
+        values = {**values_before_fields(cls, values), **values}
     return {k: v for k, v in values.items() if k not in PLACE_SETTINGS}
 
 

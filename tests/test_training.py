@@ -28,16 +28,19 @@ def test_vae_end_to_end(model, cifar_root, tmp_path):
     assert metrics["best"] == saved["best"]
 
 
-def test_acgan_end_to_end(cifar_root, tmp_path):
-    run("acgan", cifar_root, tmp_path, epochs=1)
-    for name in ("E1.png", "loss.png", "metrics.json", "best.pt"):
+@pytest.mark.parametrize("ema_decay", [None, 0.0])  # the default (moving averages), and without them
+def test_acgan_end_to_end(cifar_root, tmp_path, ema_decay):
+    run("acgan", cifar_root, tmp_path, epochs=1, **({} if ema_decay is None else {"ema_decay": ema_decay}))
+    for name in ("E1.png", "loss.png", "accuracy.png", "metrics.json", "best.pt"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert 0.0 <= saved["best"]["accuracy"] <= 1.0 and 0.0 <= saved["best"]["accuracy_raw"] <= 1.0
+    averaged = ema_decay is None
+    assert set(saved["best"]) == ({"accuracy", "accuracy_raw"} if averaged else {"accuracy"})
+    assert all(0.0 <= value <= 1.0 for value in saved["best"].values())
     assert set(saved["history"][0]["train"]) == {"g_loss", "d_loss", "accuracy"}
     best = torch.load(tmp_path / "best.pt", weights_only=True)
-    # The default keeps moving averages of both networks beside the trained weights.
-    assert set(best["models"]) == {"generator", "discriminator", "generator_average", "discriminator_average"}
+    averages = {"generator_average", "discriminator_average"} if averaged else set()
+    assert set(best["models"]) == {"generator", "discriminator"} | averages
 
 
 def test_resume_matches_uninterrupted_run(cifar_root, tmp_path):

@@ -6,6 +6,7 @@ import contextlib
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -29,6 +30,9 @@ FIGURE_COLUMNS = 10  # samples per row of E<epoch>.png
 @dataclass(kw_only=True)
 class ACGANTrainConfig(TrainConfig):
     """Training configuration of the AC-GAN; the defaults reproduce the headline results (docs/DECISIONS.md says why)."""
+
+    # What runs saved before a setting existed did, where its default has changed since.
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"ema_decay": 0.0, "fake_class_weight": 1.0}
 
     model: str = "acgan"
     epochs: int = 30
@@ -205,8 +209,9 @@ class ACGANRecipe(Recipe):
         with autocast(self.device, self.autocast_dtype):
             fake = self.step_generator(z, y_fake)
 
-        # Discriminator: real -> real, generated -> fake, both -> their classes; one pass over both
-        # (and over a second augmentation of the real images, for the consistency term).
+        # Discriminator: real -> real and its class, generated -> fake (and its class when
+        # fake_class_weight > 0); one pass over both (and over a second augmentation of the real
+        # images, for the consistency term).
         views = [x, fake.detach(), x] if self.config.consistency > 0 else [x, fake.detach()]
         with autocast(self.device, self.autocast_dtype):
             adv, cls = self.step_discriminator(self._augment(torch.cat(views)))
