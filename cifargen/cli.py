@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flag(train, "--d-lr", "d_lr", "AC-GAN: the discriminator's learning rate (default: --lr)",
                   type=_positive_float, metavar="LR")
     _setting_flag(train, "--mode-seeking", "mode_seeking", "AC-GAN: weight of the mode-seeking term against "
-                  "within-class collapse (default: 0.3; 0 turns it off)", type=_non_negative_float, metavar="WEIGHT")
+                  "within-class collapse; 0 turns it off", type=_non_negative_float, metavar="WEIGHT")
     _setting_flag(train, "--ema-decay", "ema_decay", "AC-GAN: keep exponential moving averages of both networks' weights "
-                  "with this decay per step; they draw the figures, are evaluated and saved (default: 0.999; 0 turns it off)",
+                  "with this decay per step; they draw the figures, are evaluated and saved; 0 turns them off",
                   type=_fraction, metavar="DECAY")
     _setting_flag(train, "--no-quality", "quality", "skip the sample-quality figures at the end (computed when a "
                   "reference classifier exists)", action="store_const", const=False)

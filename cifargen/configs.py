@@ -53,7 +53,7 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"the saved {cls.__name__} has settings this version of cifargen does not know "
                           f"({', '.join(unknown)}); it was written by another cifargen version, most likely "
                           "a newer one: upgrade cifargen to read it")
-    kwargs = dict(values_before_fields(cls, values))
+    kwargs = values_before_fields(cls, values)
     for f in fields:
         if f.name not in values:
             continue
@@ -99,14 +99,13 @@ def read_config_file(path: str | os.PathLike, cls: type | None = None) -> dict[s
         raise ConfigError(f"--config {path} is not valid {kind} ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} must hold an object of settings, got {type(values).__name__}")
-    saved_run = True
     if isinstance(values.get("training"), dict) and "arch" in values:  # a model file's config.json
         values = values["training"]
     elif isinstance(values.get("config"), dict) and "history" in values:  # a run's metrics.json
         values = values["config"]
-    else:
-        saved_run = False
-    if saved_run and cls is not None:
+    else:  # a hand-written file: what it leaves out stays the caller's
+        cls = None
+    if cls is not None:
         values = {**values_before_fields(cls, values), **values}
     return {k: v for k, v in values.items() if k not in PLACE_SETTINGS}
 
