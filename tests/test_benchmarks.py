@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from average_update import main as average_update_main  # noqa: E402
 from profile_step import OperatorTimer, describe  # noqa: E402
 from profile_step import main as profile_main  # noqa: E402
 from time_to_quality import time_to_target  # noqa: E402
@@ -170,3 +171,14 @@ def test_prior_sweep_fits_each_setting_on_the_same_codes(cifar_root, tmp_path):
     assert table["per_class"] is True and table["codes"] == 200 and table["test_codes"] == 60
     assert [row["setting"] for row in table["rows"]] == ["1:full:1e-4", "2:diag:1e-3"]
     assert all(row["train_log_likelihood"] > row["test_log_likelihood"] for row in table["rows"])  # fitted to train
+
+
+def test_average_update_counts_every_weight_and_buffer_of_both_networks(capsys):
+    from cifargen.models.acgan import ACGAN
+
+    assert average_update_main(["--steps", "1", "--updates", "2", "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    gan = ACGAN()
+    expected = sum(t.numel() for t in (*gan.parameters(), *gan.buffers()))
+    assert f"({expected:,} values," in out
+    assert "% of the step" in out

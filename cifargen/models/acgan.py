@@ -33,7 +33,7 @@ class ACGANConfig:
     image_channels: int = 3
     num_classes: int = 10
     class_embed_dim: int = 32
-    dropout: float = 0.25
+    dropout: float = 0.0       # discriminator, after each resolution (0: none)
     spectral_norm: bool = False
     norm: str = "group"        # discriminator, after every convolution but the first: group, batch or none
     norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
@@ -99,7 +99,7 @@ class Discriminator(nn.Module):
     and doubles the channels; ``trunk="residual"``: a residual block (:class:`ResidualBlock`) in
     place of the first. Every convolution but the first is followed by the normalisation
     (``norm``) and LeakyReLU, every resolution by dropout (``layers.Dropout``: nn.Dropout's
-    distribution, a faster mask).
+    distribution, a faster mask; the identity at the default ``dropout=0``).
     """
 
     def __init__(self, config: ACGANConfig):
