@@ -41,8 +41,10 @@ def test_an_ac_gan_run_saved_before_moving_averages_reads_back_as_the_run_it_was
     del saved["ema_decay"], saved["fake_class_weight"]
     old = config_from_dict(ACGANTrainConfig, saved)
     assert (old.ema_decay, old.fake_class_weight, old.epochs) == (0.0, 1.0, 20)
-    del saved["mode_seeking"]  # a field whose default has not changed still takes the default
-    assert config_from_dict(ACGANTrainConfig, saved).mode_seeking == ACGANTrainConfig().mode_seeking
+    del saved["mode_seeking"]  # saved before mode seeking existed: none
+    assert config_from_dict(ACGANTrainConfig, saved).mode_seeking == 0.0
+    del saved["adversarial"]  # a field whose default has not changed still takes the default
+    assert config_from_dict(ACGANTrainConfig, saved).adversarial == ACGANTrainConfig().adversarial
     assert (ACGANTrainConfig().ema_decay, ACGANTrainConfig().fake_class_weight) == (0.999, 0.0)
 
 

@@ -32,7 +32,7 @@ class ACGANTrainConfig(TrainConfig):
     """Training configuration of the AC-GAN; the defaults reproduce the headline results (docs/DECISIONS.md says why)."""
 
     # What runs saved before a setting existed did, where its default has changed since.
-    VALUES_BEFORE_FIELD: ClassVar[dict] = {"ema_decay": 0.0, "fake_class_weight": 1.0}
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"mode_seeking": 0.0, "ema_decay": 0.0, "fake_class_weight": 1.0}
 
     model: str = "acgan"
     epochs: int = 30
@@ -46,7 +46,7 @@ class ACGANTrainConfig(TrainConfig):
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
     lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
-    mode_seeking: float = 0.3
+    mode_seeking: float = 0.6
     real_class_weight: float = 3.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
