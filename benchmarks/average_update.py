@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats (median reported)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if min(args.steps, args.updates, args.repeats) < 1:
+        parser.error("--steps, --updates and --repeats must be at least 1")
 
     config = default_config("acgan", progress=False, device=args.device)
     device, autocast_dtype = setup_runtime(config)
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
         recipe.after_step()
 
     def seconds_per_call(fn, calls: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # earlier work is not billed to this timing
         start = time.perf_counter()
         for _ in range(calls):
             out = fn()

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -34,18 +35,34 @@ def test_a_missing_field_takes_its_default():
     assert config_from_dict(ACGANConfig, saved).dropout == ACGANConfig().dropout
 
 
-def test_an_ac_gan_run_saved_before_moving_averages_reads_back_as_the_run_it_was():
+def test_an_ac_gan_run_saved_before_a_setting_existed_reads_back_as_the_run_it_was():
     """Runs saved before ema_decay and fake_class_weight existed had no averages and a class loss on
-    generated images; reading them with today's defaults would resume or repeat another recipe."""
+    generated images; before mode_seeking, lr_decay_from and real_class_weight, no mode seeking, a
+    constant learning rate and a real-image class loss of weight 1. Reading them with today's
+    defaults would resume or repeat another recipe."""
     saved = round_trip(ACGANTrainConfig(epochs=20))
     del saved["ema_decay"], saved["fake_class_weight"]
     old = config_from_dict(ACGANTrainConfig, saved)
     assert (old.ema_decay, old.fake_class_weight, old.epochs) == (0.0, 1.0, 20)
-    del saved["mode_seeking"]  # saved before mode seeking existed: none
-    assert config_from_dict(ACGANTrainConfig, saved).mode_seeking == 0.0
+    del saved["mode_seeking"], saved["lr_decay_from"], saved["real_class_weight"]
+    older = config_from_dict(ACGANTrainConfig, saved)
+    assert (older.mode_seeking, older.lr_decay_from, older.real_class_weight) == (0.0, 1.0, 1.0)
     del saved["adversarial"]  # a field whose default has not changed still takes the default
     assert config_from_dict(ACGANTrainConfig, saved).adversarial == ACGANTrainConfig().adversarial
-    assert (ACGANTrainConfig().ema_decay, ACGANTrainConfig().fake_class_weight) == (0.999, 0.0)
+    today = ACGANTrainConfig()
+    assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 0.6, 0.5)
+
+
+def test_the_oldest_committed_ac_gan_run_configures_the_recipe_it_ran():
+    """results/acgan-15-epochs-constant-lr predates most AC-GAN settings; docs/RESULTS.md states its
+    recipe: 15 epochs, constant learning rate, class weight 1, no mode seeking, 8 groups, dropout."""
+    from cifargen.cli import build_parser, config_from_args
+
+    run = Path(__file__).resolve().parents[1] / "results/acgan-15-epochs-constant-lr/metrics.json"
+    config = config_from_args(build_parser().parse_args(["train", "acgan", "--config", str(run)]))
+    assert (config.epochs, config.lr_decay_from, config.real_class_weight, config.mode_seeking) == (15, 1.0, 1.0, 0.0)
+    assert (config.fake_class_weight, config.ema_decay) == (1.0, 0.0)
+    assert (config.arch.norm_group_size, config.arch.dropout) == (None, 0.25)
 
 
 def test_a_config_file_of_an_older_run_configures_that_run(tmp_path):

@@ -32,7 +32,8 @@ class ACGANTrainConfig(TrainConfig):
     """Training configuration of the AC-GAN; the defaults reproduce the headline results (docs/DECISIONS.md says why)."""
 
     # What runs saved before a setting existed did, where its default has changed since.
-    VALUES_BEFORE_FIELD: ClassVar[dict] = {"mode_seeking": 0.0, "ema_decay": 0.0, "fake_class_weight": 1.0}
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"lr_decay_from": 1.0, "real_class_weight": 1.0, "mode_seeking": 0.0,
+                                           "ema_decay": 0.0, "fake_class_weight": 1.0}
 
     model: str = "acgan"
     epochs: int = 30
