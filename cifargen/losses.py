@@ -124,9 +124,10 @@ def adversarial_loss(logits: torch.Tensor, real: bool, smoothing: float = 0.0) -
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
-def auxiliary_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the auxiliary classifier."""
-    return F.cross_entropy(class_logits.float(), labels)
+def auxiliary_loss(class_logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of the auxiliary classifier; with ``label_smoothing`` e the target puts 1 - e on
+    the label and e spread evenly over all classes (the reference classifier's regularisation)."""
+    return F.cross_entropy(class_logits.float(), labels, label_smoothing=label_smoothing)
 
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -123,6 +123,19 @@ def test_gan_losses():
     assert auxiliary_loss(torch.tensor([[5.0, 0.0]]), torch.tensor([0])).item() < 0.01
 
 
+def test_auxiliary_loss_with_label_smoothing_matches_numpy():
+    """-sum_k q_k log softmax_k with q = (1 - e) one-hot + e / K, computed in NumPy."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(5, 4)) * 3, rng.integers(4, size=5)
+    log_softmax = logits - logits.max(1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(1, keepdims=True))
+    for eps in (0.0, 0.1, 0.5):
+        target = np.full((5, 4), eps / 4) + (1 - eps) * np.eye(4)[labels]
+        expected = -(target * log_softmax).sum(1).mean()
+        got = auxiliary_loss(torch.tensor(logits, dtype=torch.float32), torch.tensor(labels), eps).item()
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20),
        scale=st.floats(0.0, 1e4), seed=st.integers(0, 2 ** 16))

@@ -210,13 +210,30 @@ def test_fake_class_weight_zero_teaches_the_classes_from_real_images_only(monkey
     from cifargen.losses import auxiliary_loss
     from cifargen.recipes import acgan
     sizes = []
-    monkeypatch.setattr(acgan, "auxiliary_loss", lambda logits, y: sizes.append(len(y)) or auxiliary_loss(logits, y))
+    monkeypatch.setattr(acgan, "auxiliary_loss", lambda logits, y, *args: sizes.append(len(y)) or auxiliary_loss(logits, y, *args))
     config = default_config("acgan", fake_class_weight=fake_class_weight, progress=False)
     recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
     recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
     assert sizes == d_class_batches + [4]  # the discriminator's terms, then the generator's
     with pytest.raises(ConfigError, match="fake_class_weight"):
         default_config("acgan", fake_class_weight=-1.0).validate()
+
+
+@pytest.mark.parametrize("fake_class_weight", [0.0, 1.0])
+def test_class_label_smoothing_reaches_the_discriminators_class_losses_only(monkeypatch, fake_class_weight):
+    from cifargen.losses import auxiliary_loss
+    from cifargen.recipes import acgan
+    smoothings = []
+    monkeypatch.setattr(acgan, "auxiliary_loss",
+                        lambda logits, y, smoothing=0.0: smoothings.append(smoothing) or auxiliary_loss(logits, y, smoothing))
+    config = default_config("acgan", class_label_smoothing=0.1, fake_class_weight=fake_class_weight, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
+    d_terms = [0.1, 0.1] if fake_class_weight else [0.1]
+    assert smoothings == d_terms + [0.0]  # the discriminator's terms, then the generator's with hard labels
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="class_label_smoothing"):
+            default_config("acgan", class_label_smoothing=bad).validate()
 
 
 def test_average_update_matches_torchs_averaged_model():

@@ -50,6 +50,9 @@ class ACGANTrainConfig(TrainConfig):
     mode_seeking: float = 0.6
     real_class_weight: float = 3.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
+    # Label smoothing of D's class loss (0: hard labels), against the class head's overfitting in
+    # long runs; G's class loss keeps hard labels.
+    class_label_smoothing: float = 0.0
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
     # Consistency regularisation (bCR, Zhao et al. 2021) on real images: weight of the squared
     # difference between D's outputs (both heads) on two augmentations of each image (0: off).
@@ -68,6 +71,8 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"real_class_weight must be positive, got {self.real_class_weight}")
         if self.fake_class_weight < 0:
             raise ConfigError(f"fake_class_weight must be >= 0, got {self.fake_class_weight}")
+        if not 0 <= self.class_label_smoothing < 1:
+            raise ConfigError(f"class_label_smoothing must be in [0, 1), got {self.class_label_smoothing}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {self.adversarial!r}")
         if self.consistency < 0:
@@ -220,9 +225,10 @@ class ACGANRecipe(Recipe):
             d_adv = hinge_discriminator_loss(adv[:b], adv[b:2 * b])
         else:
             d_adv = adversarial_loss(adv[:b], True, self.config.label_smoothing) + adversarial_loss(adv[b:2 * b], False)
-        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y)
+        smoothing = self.config.class_label_smoothing
+        d_aux = self.config.real_class_weight * auxiliary_loss(cls[:b], y, smoothing)
         if self.config.fake_class_weight > 0:
-            d_aux = d_aux + self.config.fake_class_weight * auxiliary_loss(cls[b:2 * b], y_fake)
+            d_aux = d_aux + self.config.fake_class_weight * auxiliary_loss(cls[b:2 * b], y_fake, smoothing)
         d_loss = d_adv + d_aux
         if self.config.consistency > 0:
             d_loss = d_loss + self.config.consistency * consistency_loss(adv[:b], cls[:b], adv[2 * b:], cls[2 * b:])
