@@ -82,7 +82,7 @@ SETTING = "setting:"  # argparse dest prefix of a flag that sets one configurati
 
 def _setting_flag(parser, flag: str, setting: str, help: str, models=None, **kwargs) -> None:
     """A flag that sets the configuration field ``setting`` (dotted), its default read off the dataclasses."""
-    if "action" not in kwargs and "default (" not in help:
+    if "action" not in kwargs and "(default" not in help:  # a help that states its default keeps it
         help = f"{help} ({_defaults_text(setting, models)})"
     if "action" not in kwargs and "choices" not in kwargs:
         kwargs.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
@@ -106,7 +106,7 @@ def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=N
                   type=_positive_int, metavar="N")
     _setting_flag(parser, "--test-fraction", "test_fraction", "image folders without test/: the seeded, class-stratified "
                   "share of the images held out as the test split", models, type=_fraction, metavar="F")
-    _setting_flag(parser, "--out", "out", out_help + " (default: as above)")
+    _setting_flag(parser, "--out", "out", out_help)
     _setting_flag(parser, "--device", "device", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     _setting_flag(parser, "--seed", "seed", "random seed (default: 0)", type=_seed)
     _setting_flag(parser, "--limit-train", "limit_train", "train on N training images only: CIFAR-10's first N, "

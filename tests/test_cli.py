@@ -14,6 +14,30 @@ def test_help_lists_models_and_defaults(capsys):
     assert "vae" in text and "cvae" in text and "acgan" in text and "--limit-train" in text
 
 
+def _option_helps(parser, path=()):
+    """(command path, option, help) of every option of ``parser`` and its sub-commands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _option_helps(sub, (*path, name))
+        elif action.option_strings and action.help:
+            yield path, action.option_strings[0], action.help
+
+
+def test_every_option_states_its_default_once():
+    """A help that states its own default gets no second, generated one (``--out``'s used to read
+    "(default: visualize/vae, ...) (default: None for vae/cvae/acgan)")."""
+    helps = list(_option_helps(build_parser()))
+    twice = [(path, option) for path, option, text in helps if text.count("(default") > 1]
+    assert twice == []
+    by_option = {(path, option): text for path, option, text in helps}
+    assert by_option[(("train",), "--lr")].endswith("(default: 0.0005 for vae/cvae; 0.0002 for acgan)")
+    classifier_out = by_option[(("classifier", "train"), "--out")]
+    assert "vae" not in classifier_out and "(default: the data set's folder" in classifier_out
+
+
 @pytest.mark.parametrize("argv", [
     ["train", "gan9000"], ["train", "vae", "--epochs", "0"], ["train", "vae", "--batch-size", "-3"],
     ["train", "vae", "--latent-dim", "0"], ["train", "vae", "--lr", "abc"], ["train", "vae", "--kl-ramp-from", "1.5"],
