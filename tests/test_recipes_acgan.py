@@ -187,6 +187,25 @@ def test_pooled_class_head_reads_the_mean_feature():
     assert torch.allclose(adv, d.adv_head(features.flatten(1)).squeeze(1), atol=1e-6)
 
 
+def test_two_layer_class_head_matches_numpy_and_leaves_the_linear_head_as_it_was():
+    from cifargen.models.acgan import ACGAN
+    torch.manual_seed(0)
+    d = ACGAN(d_width=8, class_hidden=16).discriminator.eval()
+    x = torch.rand(3, 3, 32, 32)
+    flat = d.trunk(x).flatten(1).detach().numpy()  # (3, 64 * 4 * 4)
+    first, second = d.class_head[0], d.class_head[2]
+    hidden = flat @ first.weight.detach().numpy().T + first.bias.detach().numpy()
+    hidden = np.where(hidden > 0, hidden, 0.2 * hidden)  # LeakyReLU(0.2)
+    by_numpy = hidden @ second.weight.detach().numpy().T + second.bias.detach().numpy()
+    np.testing.assert_allclose(d(x)[1].detach().numpy(), by_numpy, atol=1e-5)
+    assert (first.in_features, first.out_features, second.out_features) == (64 * 16, 16, 10)
+    # The default stays one linear layer under the same name, so earlier model files load.
+    linear = ACGAN(d_width=8).discriminator
+    assert isinstance(linear.class_head, torch.nn.Linear) and "class_head.weight" in linear.state_dict()
+    with pytest.raises(ConfigError, match="class_hidden"):
+        ACGAN(class_hidden=-1)
+
+
 def test_consistency_term_matches_numpy_and_sees_a_second_view():
     from cifargen.recipes.acgan import consistency_loss
     torch.manual_seed(0)

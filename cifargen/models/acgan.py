@@ -39,6 +39,7 @@ class ACGANConfig:
     norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
     trunk: str = "plain"       # discriminator: plain (two convolutions per level) or residual (a residual block, then the strided one)
     class_pool: bool = False   # discriminator: the class head reads the trunk's features averaged over positions (else all of them)
+    class_hidden: int = 0      # discriminator: hidden units of a two-layer class head (0: one linear layer)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -50,6 +51,8 @@ class ACGANConfig:
             raise ConfigError(f"trunk must be one of {', '.join(TRUNKS)}, got {self.trunk!r}")
         if self.norm_group_size is not None and self.norm_group_size <= 0:
             raise ConfigError(f"norm_group_size must be positive (or None), got {self.norm_group_size}")
+        if self.class_hidden < 0:
+            raise ConfigError(f"class_hidden must be >= 0 (0: a linear class head), got {self.class_hidden}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         check_levels(self.image_size, self.downsamples)
@@ -99,7 +102,8 @@ class Discriminator(nn.Module):
     and doubles the channels; ``trunk="residual"``: a residual block (:class:`ResidualBlock`) in
     place of the first. Every convolution but the first is followed by the normalisation
     (``norm``) and LeakyReLU, every resolution by dropout (``layers.Dropout``: nn.Dropout's
-    distribution, a faster mask; the identity at the default ``dropout=0``).
+    distribution, a faster mask; the identity at the default ``dropout=0``). The class head is one
+    linear layer, or two with a LeakyReLU between them when ``class_hidden`` > 0.
     """
 
     def __init__(self, config: ACGANConfig):
@@ -122,7 +126,12 @@ class Discriminator(nn.Module):
         features = c * (config.image_size // 2 ** config.downsamples) ** 2
         self.class_pool = config.class_pool
         self.adv_head = wrap(nn.Linear(features, 1))
-        self.class_head = nn.Linear(c if config.class_pool else features, config.num_classes)
+        class_inputs = c if config.class_pool else features
+        if config.class_hidden:  # capacity for the classes alone, at the cost of one small matrix product
+            self.class_head = nn.Sequential(nn.Linear(class_inputs, config.class_hidden), nn.LeakyReLU(0.2),
+                                            nn.Linear(config.class_hidden, config.num_classes))
+        else:
+            self.class_head = nn.Linear(class_inputs, config.num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(x)
