@@ -50,7 +50,20 @@ def test_an_ac_gan_run_saved_before_a_setting_existed_reads_back_as_the_run_it_w
     del saved["adversarial"]  # a field whose default has not changed still takes the default
     assert config_from_dict(ACGANTrainConfig, saved).adversarial == ACGANTrainConfig().adversarial
     today = ACGANTrainConfig()
-    assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 0.6, 0.5)
+    assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 1.5, 0.5)
+    assert (today.real_class_weight, today.class_label_smoothing) == (10.0, 0.1)
+
+
+def test_an_ac_gan_run_saved_before_class_label_smoothing_keeps_hard_labels():
+    """results/acgan-class-weight-3-mode-seeking-0.6 (the default of 2026-11-25) predates the
+    smoothing: its config.json has no class_label_smoothing and must configure hard labels."""
+    run = Path(__file__).resolve().parents[1] / "results/acgan-class-weight-3-mode-seeking-0.6/config.json"
+    saved = json.loads(run.read_text())["training"]
+    assert "class_label_smoothing" not in saved
+    # The committed copy has its machine's paths (data_dir, out) blanked out.
+    old = config_from_dict(ACGANTrainConfig, {k: v for k, v in saved.items() if v is not None})
+    assert (old.class_label_smoothing, old.real_class_weight, old.mode_seeking) == (0.0, 3.0, 0.6)
+    assert old.epochs == 30 and old.ema_decay == 0.999
 
 
 def test_the_oldest_committed_ac_gan_run_configures_the_recipe_it_ran():

@@ -33,7 +33,7 @@ class ACGANTrainConfig(TrainConfig):
 
     # What runs saved before a setting existed did, where its default has changed since.
     VALUES_BEFORE_FIELD: ClassVar[dict] = {"lr_decay_from": 1.0, "real_class_weight": 1.0, "mode_seeking": 0.0,
-                                           "ema_decay": 0.0, "fake_class_weight": 1.0}
+                                           "ema_decay": 0.0, "fake_class_weight": 1.0, "class_label_smoothing": 0.0}
 
     model: str = "acgan"
     epochs: int = 30
@@ -47,12 +47,11 @@ class ACGANTrainConfig(TrainConfig):
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
     lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
-    mode_seeking: float = 0.6
-    real_class_weight: float = 3.0  # weight of D's class loss on real images
+    mode_seeking: float = 1.5
+    real_class_weight: float = 10.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
-    # Label smoothing of D's class loss (0: hard labels), against the class head's overfitting in
-    # long runs; G's class loss keeps hard labels.
-    class_label_smoothing: float = 0.0
+    # Label smoothing of D's class loss (0: hard labels); G's class loss keeps hard labels.
+    class_label_smoothing: float = 0.1
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
     # Consistency regularisation (bCR, Zhao et al. 2021) on real images: weight of the squared
     # difference between D's outputs (both heads) on two augmentations of each image (0: off).
