@@ -106,8 +106,23 @@ def read_config_file(path: str | os.PathLike, cls: type | None = None) -> dict[s
     else:  # a hand-written file: what it leaves out stays the caller's
         cls = None
     if cls is not None:
-        values = {**values_before_fields(cls, values), **values}
+        values = {**values_before_fields(cls, values), **without_unrecorded(cls, values)}
     return {k: v for k, v in values.items() if k not in PLACE_SETTINGS}
+
+
+def without_unrecorded(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A run file's settings less the nulls of settings that cannot be None.
+
+    A shared run file has its machine's paths (``data_dir``) blanked to null; such a null says
+    "not recorded", so the caller's value (the default, or a flag) stays.
+    """
+    hints = typing.get_type_hints(cls)
+    return {k: v for k, v in values.items() if v is not None or k not in hints or accepts_none(hints[k])}
+
+
+def accepts_none(hint: Any) -> bool:
+    """Whether a field of type ``hint`` may hold None (``X | None``, ``Optional[X]``, ``Any``)."""
+    return hint is Any or type(None) in typing.get_args(hint)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
