@@ -106,8 +106,18 @@ def read_config_file(path: str | os.PathLike, cls: type | None = None) -> dict[s
     else:  # a hand-written file: what it leaves out stays the caller's
         cls = None
     if cls is not None:
-        values = {**values_before_fields(cls, values), **without_unrecorded(cls, values)}
+        values = with_values_before_fields(cls, without_unrecorded(cls, values))
     return {k: v for k, v in values.items() if k not in PLACE_SETTINGS}
+
+
+def with_values_before_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with :func:`values_before_fields` filled in, in nested configurations (``arch``) too."""
+    values = {**values_before_fields(cls, values), **values}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(values.get(f.name), dict):
+            values[f.name] = with_values_before_fields(type(default), values[f.name])
+    return values
 
 
 def without_unrecorded(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from pathlib import Path
 import re
 
 import pytest
+import torch
 
 from cifargen.configs import config_from_dict, flatten, read_config_file, with_settings
 from cifargen.errors import ConfigError
@@ -52,6 +53,31 @@ def test_an_ac_gan_run_saved_before_a_setting_existed_reads_back_as_the_run_it_w
     today = ACGANTrainConfig()
     assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 1.5, 0.5)
     assert (today.real_class_weight, today.class_label_smoothing) == (10.0, 0.1)
+    assert today.arch.class_hidden == 512
+
+
+def test_an_ac_gan_saved_with_a_linear_class_head_reads_back_and_loads_as_it_was(tmp_path):
+    """Models and run files saved before class_hidden existed have a linear class head; today's
+    default is a two-layer one. Reading them must give the linear head, and the weights must load."""
+    saved = round_trip(ACGANTrainConfig(epochs=20, arch=ACGANConfig(class_hidden=0, d_width=8, width=8)))
+    del saved["arch"]["class_hidden"]
+    assert config_from_dict(ACGANTrainConfig, saved).arch.class_hidden == 0
+    run_file = tmp_path / "config.json"
+    run_file.write_text(json.dumps({"kind": "acgan", "arch": saved["arch"], "training": saved}))
+    from cifargen.cli import build_parser, config_from_args
+    config = config_from_args(build_parser().parse_args(["train", "acgan", "--config", str(run_file)]))
+    assert (config.arch.class_hidden, config.arch.d_width, config.epochs) == (0, 8, 20)
+
+    model = ACGAN(ACGANConfig(class_hidden=0, d_width=8, width=8))
+    save_model(model, tmp_path / "run", [str(i) for i in range(10)], training=dataclasses.asdict(ACGANTrainConfig()))
+    model_config = tmp_path / "run" / "config.json"
+    written = json.loads(model_config.read_text())
+    del written["arch"]["class_hidden"]
+    model_config.write_text(json.dumps(written))
+    loaded = load(tmp_path / "run")
+    assert loaded.config.class_hidden == 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
 def test_an_ac_gan_run_saved_before_class_label_smoothing_keeps_hard_labels():
@@ -62,6 +88,7 @@ def test_an_ac_gan_run_saved_before_class_label_smoothing_keeps_hard_labels():
     assert "class_label_smoothing" not in saved
     old = config_from_dict(ACGANTrainConfig, read_config_file(run, ACGANTrainConfig))
     assert (old.class_label_smoothing, old.real_class_weight, old.mode_seeking) == (0.0, 3.0, 0.6)
+    assert old.arch.class_hidden == 0  # and a linear class head, from before class_hidden existed
     assert old.epochs == 30 and old.ema_decay == 0.999
 
 

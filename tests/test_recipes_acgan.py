@@ -176,7 +176,7 @@ def test_moving_average_is_evaluated_exported_and_checkpointed():
 def test_pooled_class_head_reads_the_mean_feature():
     from cifargen.models.acgan import ACGAN
     torch.manual_seed(0)
-    d = ACGAN(d_width=8, class_pool=True).discriminator.eval()
+    d = ACGAN(d_width=8, class_pool=True, class_hidden=0).discriminator.eval()
     x = torch.rand(2, 3, 32, 32)
     features = d.trunk(x)  # (2, 64, 4, 4)
     adv, classes = d(x)
@@ -199,8 +199,8 @@ def test_two_layer_class_head_matches_numpy_and_leaves_the_linear_head_as_it_was
     by_numpy = hidden @ second.weight.detach().numpy().T + second.bias.detach().numpy()
     np.testing.assert_allclose(d(x)[1].detach().numpy(), by_numpy, atol=1e-5)
     assert (first.in_features, first.out_features, second.out_features) == (64 * 16, 16, 10)
-    # The default stays one linear layer under the same name, so earlier model files load.
-    linear = ACGAN(d_width=8).discriminator
+    # class_hidden=0 is one linear layer under the same name, so earlier model files load.
+    linear = ACGAN(d_width=8, class_hidden=0).discriminator
     assert isinstance(linear.class_head, torch.nn.Linear) and "class_head.weight" in linear.state_dict()
     with pytest.raises(ConfigError, match="class_hidden"):
         ACGAN(class_hidden=-1)

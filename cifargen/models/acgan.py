@@ -8,6 +8,7 @@ trunk with a real/fake head (one logit) and an auxiliary classifier head (one lo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 import torch
 import torch.nn as nn
 
@@ -24,6 +25,9 @@ TRUNKS = ("plain", "residual")
 class ACGANConfig:
     """Architecture of the AC-GAN. The defaults are the ones behind the headline results (docs/DECISIONS.md)."""
 
+    # What models saved before a setting existed had, where its default has changed since.
+    VALUES_BEFORE_FIELD: ClassVar[dict] = {"class_hidden": 0}
+
     latent_dim: int = 128
     width: int = 32            # generator: channels before the image, as the VAE decoder
     d_width: int = 32          # discriminator: channels after its first convolution
@@ -39,7 +43,7 @@ class ACGANConfig:
     norm_group_size: int | None = 16  # channels per GroupNorm group (None: 8 groups per layer)
     trunk: str = "plain"       # discriminator: plain (two convolutions per level) or residual (a residual block, then the strided one)
     class_pool: bool = False   # discriminator: the class head reads the trunk's features averaged over positions (else all of them)
-    class_hidden: int = 0      # discriminator: hidden units of a two-layer class head (0: one linear layer)
+    class_hidden: int = 512    # discriminator: hidden units of a two-layer class head (0: one linear layer)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
