@@ -58,9 +58,9 @@ def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
         if f.name not in values:
             continue
         value = values[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = config_from_dict(type(default), value)
+        nested = nested_config_class(f)
+        if nested is not None and isinstance(value, dict):
+            value = config_from_dict(nested, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
@@ -114,10 +114,16 @@ def with_values_before_fields(cls: type, values: dict[str, Any]) -> dict[str, An
     """``values`` with :func:`values_before_fields` filled in, in nested configurations (``arch``) too."""
     values = {**values_before_fields(cls, values), **values}
     for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(values.get(f.name), dict):
-            values[f.name] = with_values_before_fields(type(default), values[f.name])
+        nested = nested_config_class(f)
+        if nested is not None and isinstance(values.get(f.name), dict):
+            values[f.name] = with_values_before_fields(nested, values[f.name])
     return values
+
+
+def nested_config_class(f: dataclasses.Field) -> type | None:
+    """The configuration class a field holds (``arch``: the model's architecture), or None."""
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    return type(default) if dataclasses.is_dataclass(default) else None
 
 
 def without_unrecorded(cls: type, values: dict[str, Any]) -> dict[str, Any]:
