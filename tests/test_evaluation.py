@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from cifargen.data import ImageDataset
-from cifargen.evaluation import evaluate_discriminator, evaluate_vae
+from cifargen.evaluation import CLASSIFY_BATCH, classifier_predictions, evaluate_acgan, evaluate_discriminator, evaluate_vae
 from cifargen.models import VAE, VAEConfig
 
 
@@ -34,6 +34,21 @@ def test_discriminator_figures_against_a_count_by_hand():
     assert figures["confusion"] == confusion.tolist()
     assert figures["accuracy"] == 7 / 10
     assert figures["per_class_accuracy"] == {"a": 2 / 3, "b": 2 / 3, "c": 3 / 4}
+
+
+def test_predictions_over_several_batches_keep_every_image_in_order():
+    n = 2 * CLASSIFY_BATCH + 37  # two full batches and a partial one
+    generator = torch.Generator().manual_seed(0)
+    answers = torch.randint(0, 3, (256,), generator=generator)
+    true = torch.randint(0, 3, (n,), generator=generator)
+    images = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n) % 256  # image i answers answers[i % 256]
+    data = ImageDataset(images, true, ("a", "b", "c"))
+    predicted, labels = classifier_predictions(FixedAnswers(answers.tolist()), data, "cpu")
+    expected = [int(answers[i % 256]) for i in range(n)]
+    assert predicted.tolist() == expected and labels.tolist() == true.tolist()
+    by_hand = sum(p == t for p, t in zip(expected, true.tolist())) / n
+    assert evaluate_acgan(FixedAnswers(answers.tolist()), data, "cpu")["accuracy"] == by_hand
 
 
 def test_vae_figures_are_means_per_sample_and_repeatable():
