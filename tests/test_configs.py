@@ -51,7 +51,7 @@ def test_an_ac_gan_run_saved_before_a_setting_existed_reads_back_as_the_run_it_w
     del saved["adversarial"]  # a field whose default has not changed still takes the default
     assert config_from_dict(ACGANTrainConfig, saved).adversarial == ACGANTrainConfig().adversarial
     today = ACGANTrainConfig()
-    assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 1.5, 0.5)
+    assert (today.ema_decay, today.fake_class_weight, today.mode_seeking, today.lr_decay_from) == (0.999, 0.0, 2.5, 0.5)
     assert (today.real_class_weight, today.class_label_smoothing) == (10.0, 0.1)
     assert today.arch.class_hidden == 512
 

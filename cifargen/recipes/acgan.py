@@ -47,7 +47,7 @@ class ACGANTrainConfig(TrainConfig):
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
     lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
-    mode_seeking: float = 1.5
+    mode_seeking: float = 2.5
     real_class_weight: float = 10.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
     # Label smoothing of D's class loss (0: hard labels); G's class loss keeps hard labels.
