@@ -238,6 +238,22 @@ def test_fake_class_weight_zero_teaches_the_classes_from_real_images_only(monkey
         default_config("acgan", fake_class_weight=-1.0).validate()
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0])
+def test_generator_class_weight_scales_the_generators_class_loss(monkeypatch, weight):
+    """With each loss term replaced by a constant that keeps the graph, G's loss is by hand
+    1 (real/fake) + weight * 2 (class), D's 1 + 1 (real/fake) + 10 * 2 (class on real images)."""
+    from cifargen.recipes import acgan
+    monkeypatch.setattr(acgan, "adversarial_loss", lambda logits, *args: logits.float().sum() * 0 + 1.0)
+    monkeypatch.setattr(acgan, "auxiliary_loss", lambda logits, y, *args: logits.float().sum() * 0 + 2.0)
+    config = default_config("acgan", generator_class_weight=weight, mode_seeking=0.0, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    out = recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
+    assert out["g_loss"].item() == pytest.approx(1.0 + 2.0 * weight)
+    assert out["d_loss"].item() == pytest.approx(22.0)
+    with pytest.raises(ConfigError, match="generator_class_weight"):
+        default_config("acgan", generator_class_weight=-0.5).validate()
+
+
 @pytest.mark.parametrize("fake_class_weight", [0.0, 1.0])
 def test_class_label_smoothing_reaches_the_discriminators_class_losses_only(monkeypatch, fake_class_weight):
     from cifargen.losses import auxiliary_loss

@@ -50,6 +50,7 @@ class ACGANTrainConfig(TrainConfig):
     mode_seeking: float = 2.5
     real_class_weight: float = 10.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
+    generator_class_weight: float = 1.0  # weight of G's class loss (0: G is not asked to look like its class)
     # Label smoothing of D's class loss (0: hard labels); G's class loss keeps hard labels.
     class_label_smoothing: float = 0.1
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
@@ -70,6 +71,8 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"real_class_weight must be positive, got {self.real_class_weight}")
         if self.fake_class_weight < 0:
             raise ConfigError(f"fake_class_weight must be >= 0, got {self.fake_class_weight}")
+        if self.generator_class_weight < 0:
+            raise ConfigError(f"generator_class_weight must be >= 0, got {self.generator_class_weight}")
         if not 0 <= self.class_label_smoothing < 1:
             raise ConfigError(f"class_label_smoothing must be in [0, 1), got {self.class_label_smoothing}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
@@ -242,7 +245,7 @@ class ACGANRecipe(Recipe):
         with autocast(self.device, self.autocast_dtype), frozen_running_stats(self.discriminator):
             adv_g, cls_g = self.discriminator(self._augment(fake))
         g_adv = hinge_generator_loss(adv_g) if self.config.adversarial == "hinge" else adversarial_loss(adv_g, True)
-        g_loss = g_adv + auxiliary_loss(cls_g, y_fake)
+        g_loss = g_adv + self.config.generator_class_weight * auxiliary_loss(cls_g, y_fake)
         if self.config.mode_seeking > 0:
             g_loss = g_loss + self.config.mode_seeking * mode_seeking_loss(fake, z)
         opt_g.zero_grad(set_to_none=True)
