@@ -20,7 +20,7 @@ import torch.distributed
 from .configs import config_from_dict
 from .data import ImageDataset, default_data_dir, load_splits, steps_per_epoch
 from .errors import ConfigError
-from .modelfile import WEIGHTS, load, save_fitted_prior, save_model
+from .modelfile import CONFIG, WEIGHTS, load, save_fitted_prior, save_model
 from .priors import PriorConfig, fit_prior
 from .recipes.vae import save_random_samples
 from .quality import QUALITY_SAMPLES, find_reference_classifier, quality_report
@@ -118,7 +118,7 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
     """Write ``model.safetensors`` and ``config.json`` from ``best.pt`` of a run that stopped before
     its end (Ctrl-C, a crash), so that it can be evaluated, sampled and fitted; returns the folder."""
     run_dir = Path(run_dir)
-    if (run_dir / WEIGHTS).is_file():
+    if (run_dir / WEIGHTS).is_file() and not _model_file_is_stale(run_dir):
         return run_dir
     if not (run_dir / BEST_CHECKPOINT).is_file():
         raise ConfigError(f"{run_dir} holds neither {WEIGHTS} nor {BEST_CHECKPOINT}: pass the folder of a run that "
@@ -142,6 +142,19 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
                metrics={"epoch": best["epoch"], "best_epoch": best["epoch"], "test": best["test"], "best": best["test"],
                         "precision": precision, "device": str(device), "data": train_set.identity()})
     return run_dir
+
+
+def _model_file_is_stale(run_dir: Path) -> bool:
+    """Whether the run's ``best.pt`` holds a later best epoch than its model file: a model exported
+    from a stopped run whose training was then resumed (or is still going) and improved."""
+    if not (run_dir / BEST_CHECKPOINT).is_file():
+        return False
+    try:
+        exported = json.loads((run_dir / CONFIG).read_text())["metrics"]["best_epoch"]
+        current = json.loads((run_dir / METRICS).read_text())["best_epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # nothing to compare: keep the model file
+    return current is not None and exported != current
 
 
 def fit_run_prior(run_dir: str | os.PathLike, prior_config: PriorConfig | None = None, device="cpu",

@@ -35,10 +35,15 @@ class ModelKind:
     evaluate: Callable                      # (model, test_set, device, autocast_dtype) -> test figures
     default_out: str | Callable[..., Path]  # run folder; a callable (of the training configuration) is resolved when used
     generative: bool = True                 # has generate(n, y, generator) and decode(z, y)
+    train_command: str = ""                 # the command that trains it ("": cifargen train NAME)
 
     def out_dir(self, config: TrainConfig | None = None) -> Path:
         """The default run folder (of a run with ``config``, for kinds whose folder depends on the data)."""
         return Path(self.default_out(config) if callable(self.default_out) else self.default_out)
+
+    def command(self) -> str:
+        """The command line that trains this kind (and, with ``--resume DIR``, continues a run)."""
+        return self.train_command or f"cifargen train {self.name}"
 
     def default_config(self, **overrides) -> TrainConfig:
         """The default training configuration, with ``overrides`` applied."""
@@ -62,7 +67,8 @@ MODELS: dict[str, ModelKind] = {kind.name: kind for kind in (
               evaluate_discriminator, "visualize/gan"),
     # The reference classifier of the sample-quality figures lives in the user's cache folder.
     ModelKind("classifier", "reference classifier for the sample-quality figures", Classifier, ClassifierConfig,
-              ClassifierTrainConfig, ClassifierRecipe, evaluate_classifier, default_classifier_dir, generative=False),
+              ClassifierTrainConfig, ClassifierRecipe, evaluate_classifier, default_classifier_dir, generative=False,
+              train_command="cifargen classifier train"),
 )}
 
 GENERATORS = tuple(name for name, kind in MODELS.items() if kind.generative)

@@ -30,6 +30,7 @@ from .errors import ConfigError, TrainingError
 from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
+from .registry import model_kind
 from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, device_memory_bytes, distributed_env,
                       init_distributed, is_out_of_memory, keep_freed_memory_for_reuse, physical_cores,
                       remove_leftover_temporaries, resolve_device, resolve_precision, rng_state, seed_everything,
@@ -229,7 +230,7 @@ class Trainer:
                               "first_bad_step": sums.first_bad_step, "generator_before_epoch": generator_before_epoch,
                               "logged": logged})
         self.log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {self.out_dir / CHECKPOINT}. "
-                 f"Continue with: cifargen train {self.config.model} --resume {self.out_dir}")
+                 f"Continue with: {model_kind(self.config.model).command()} --resume {self.out_dir}")
         raise KeyboardInterrupt
 
     def reduce_and_check(self, epoch: int, sums: EpochSums) -> dict[str, float]:

@@ -36,6 +36,17 @@ def test_default_run_folders_and_generators():
     assert model_kind("classifier").out_dir().parent.name == "classifier"  # in the cache folder, one per data set
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_kinds_train_command_parses_with_resume(name):
+    from cifargen.cli import build_parser
+
+    program, *argv = model_kind(name).command().split()
+    assert program == "cifargen"
+    args = build_parser().parse_args([*argv, "--resume", "runs/x"])  # argparse exits on a command it does not know
+    assert args.resume == "runs/x"
+    assert getattr(args, "model", "classifier") == name  # `classifier train` has no model argument; main() sets it
+
+
 def test_an_unknown_kind_names_the_known_ones():
     with pytest.raises(ConfigError, match="unknown model kind 'gan9000'.*vae, cvae, acgan, classifier"):
         model_kind("gan9000")

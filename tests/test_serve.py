@@ -264,6 +264,21 @@ def test_serve_refuses_missing_runs_and_busy_ports_in_one_line(tiny_runs, tmp_pa
         taken.close()
 
 
+def test_a_run_stopped_before_its_end_is_served_from_its_best_checkpoint(tiny_runs, tmp_path):
+    import shutil
+
+    from cifargen.serve.service import Explorer
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tiny_runs["acgan"], stopped)
+    (stopped / "model.safetensors").unlink()  # what a run stopped by Ctrl-C or a crash lacks
+    (stopped / "config.json").unlink()
+    served = Explorer.load([stopped], torch.device("cpu")).get("stopped").model
+    finished = load(tiny_runs["acgan"])
+    for name, tensor in finished.state_dict().items():
+        assert torch.equal(served.state_dict()[name], tensor), name
+
+
 def test_serve_without_the_extra_fails_at_once_naming_the_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "starlette", None)
     monkeypatch.setitem(sys.modules, "uvicorn", None)

@@ -164,7 +164,8 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(cifar_root, tmp_path, monkeyp
     lines = []
     with pytest.raises(KeyboardInterrupt):
         train(default_config("vae", data_dir=str(cifar_root), out=str(tmp_path / "cut"), epochs=2, batch_size=64, **QUICK), log=lines.append)
-    assert "interrupted at epoch 2, step 2" in lines[-1] and "--resume" in lines[-1]
+    assert "interrupted at epoch 2, step 2" in lines[-1]
+    assert lines[-1].endswith(f"Continue with: cifargen train vae --resume {tmp_path / 'cut'}")
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert state["partial"]["next_step"] == 2 and state["epoch"] == 0
     calls["n"] = 100  # no more interrupts; count the steps the resumed run takes
@@ -172,6 +173,45 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(cifar_root, tmp_path, monkeyp
                                    batch_size=64, resume=True, **QUICK))
     assert calls["n"] == 100 + 2  # only epoch 2's last two steps ran
     assert _history_without_timings(resumed) == _history_without_timings(full)
+
+
+def test_a_model_exported_from_a_stopped_run_follows_the_resumed_runs_best_epoch(cifar_root, tmp_path, monkeypatch):
+    """eval/sample on a stopped run export best.pt; after a resume that improves, they export again."""
+    import os
+    import signal
+
+    from cifargen.api import export_best_model
+    from cifargen.modelfile import load
+    from cifargen.recipes.vae import VAERecipe
+
+    original = VAERecipe.train_step
+    calls = {"n": 0, "stop_at": 6}  # epoch 2, step 2 (4 steps per epoch)
+
+    def interrupting(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, x, y)
+
+    monkeypatch.setattr(VAERecipe, "train_step", interrupting)
+    out = tmp_path / "run"
+    config = dict(data_dir=str(cifar_root), out=str(out), epochs=3, batch_size=64, **QUICK)
+    with pytest.raises(KeyboardInterrupt):
+        train(default_config("vae", **config))
+    assert load(export_best_model(out)).model_config["metrics"]["best_epoch"] == 1
+
+    calls["n"], calls["stop_at"] = 0, 6  # resumed at epoch 2, step 3: stop at epoch 3, step 2
+    with pytest.raises(KeyboardInterrupt):
+        train(default_config("vae", resume=True, **config))
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == 2, "precondition: the resumed epoch improved on the first"
+    model = load(export_best_model(out))
+    assert model.model_config["metrics"]["best_epoch"] == 2
+    expected = VAERecipe(default_config("vae", **config), [str(i) for i in range(10)], torch.device("cpu"), None,
+                         steps_per_epoch=1)
+    expected.load_model_state(best["models"])
+    for name, tensor in expected.export_model().state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_sigkill_then_resume_matches(cifar_root, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
+from ..api import export_best_model
 from ..errors import ConfigError
 from ..images import denormalize, make_grid
 from ..modelfile import load
@@ -100,10 +101,11 @@ class Explorer:
 
     @classmethod
     def load(cls, runs: list[str | os.PathLike], device: torch.device) -> "Explorer":
-        """Load each run folder or model file with :func:`cifargen.modelfile.load` (no pickle)."""
+        """Load each run folder or model file with :func:`cifargen.modelfile.load` (no pickle); a run
+        folder that stopped before its end is served from its best checkpoint, as ``eval`` does."""
         loaded, names = [], set()
         for run in runs:
-            model = load(run, device)
+            model = load(export_best_model(run, device) if Path(run).is_dir() else run, device)
             if not model_kind(model.kind).generative:
                 raise ConfigError(f"{run} holds a {model.kind}, which does not generate images; pass generator runs")
             folder = Path(model.weights_path).parent
