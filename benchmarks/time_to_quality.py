@@ -12,9 +12,10 @@ it is what a user waits with the default command, evaluation included.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from cifargen.training import METRICS, read_metrics
 
 DEFAULT_TARGETS = {"vae": 0.69, "cvae": 0.69, "acgan": 0.69}
 
@@ -37,7 +38,13 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, help="default: 0.69 test rec (VAE/CVAE) or 0.69 test accuracy (AC-GAN)")
     args = parser.parse_args(argv)
     for run in args.runs:
-        metrics = json.loads((Path(run) / "metrics.json").read_text())
+        metrics = read_metrics(Path(run) / METRICS)
+        if metrics is None or not isinstance(metrics.get("history"), list):
+            print(f"{run}: no readable {METRICS} of a cifargen run; pass run folders", file=sys.stderr)
+            return 2
+        if args.target is None and metrics.get("model") not in DEFAULT_TARGETS:
+            print(f"{run}: no default target for a {metrics.get('model')} run; pass --target", file=sys.stderr)
+            return 2
         target = args.target if args.target is not None else DEFAULT_TARGETS[metrics["model"]]
         hit = time_to_target(metrics, target)
         where = f"{metrics['device_name']}, {metrics['threads']} thread(s), {metrics['precision']}"

@@ -28,7 +28,7 @@ from .registry import model_kind
 from .runtime import atomic_write_json, distributed_env, is_out_of_memory, resolve_precision
 from .tensorboard import require_tensorboard
 from .training import (BEST_CHECKPOINT, METRICS, RunFolderLock, check_model_fits, check_run_dir, fit, load_checkpoint,
-                       make_run_dir, out_of_memory_error, setup_runtime)
+                       make_run_dir, out_of_memory_error, read_metrics, setup_runtime)
 
 
 def train(config, log=None) -> dict:
@@ -133,11 +133,7 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
     class_names = train_set.class_names
     recipe = kind.recipe_class(config, class_names, torch.device(device), None, steps_per_epoch=1)
     recipe.load_model_state(best["models"])
-    precision = "float32"
-    try:
-        precision = json.loads((run_dir / METRICS).read_text()).get("precision", precision)
-    except (OSError, ValueError):
-        pass
+    precision = (read_metrics(run_dir / METRICS) or {}).get("precision", "float32")
     save_model(recipe.export_model(), run_dir, class_names, training=config.to_dict(),
                metrics={"epoch": best["epoch"], "best_epoch": best["epoch"], "test": best["test"], "best": best["test"],
                         "precision": precision, "device": str(device), "data": train_set.identity()})
@@ -151,9 +147,9 @@ def _model_file_is_stale(run_dir: Path) -> bool:
         return False
     try:
         exported = json.loads((run_dir / CONFIG).read_text())["metrics"]["best_epoch"]
-        current = json.loads((run_dir / METRICS).read_text())["best_epoch"]
     except (OSError, ValueError, KeyError, TypeError):
         return False  # nothing to compare: keep the model file
+    current = (read_metrics(run_dir / METRICS) or {}).get("best_epoch")
     return current is not None and exported != current
 
 
@@ -175,6 +171,10 @@ def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) 
     model = load(run_dir, device)
     if not hasattr(model, "fitted_prior"):
         raise ConfigError(f"{run_dir} holds a {model.kind}; only vae and cvae models have a latent prior to fit")
+    metrics = read_metrics(run_dir / METRICS)
+    if metrics is None and (run_dir / METRICS).exists():  # refuse before the model file changes
+        raise ConfigError(f"{run_dir / METRICS} is damaged (not a JSON object); restore it, or move it aside to fit "
+                          "the prior without recording it there")
     training = model.model_config.get("training", {})
     dtype = resolve_precision("bf16" if model.model_config.get("metrics", {}).get("precision") == "bfloat16" else "fp32",
                               torch.device(device))
@@ -186,8 +186,7 @@ def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) 
     save_fitted_prior(model, run_dir)
     log(f"fitted in {report['fit_seconds']} s (encoding {report['encode_seconds']} s); mean log-likelihood of the "
         f"test codes {report['test_log_likelihood']:.1f} nats")
-    if (run_dir / METRICS).is_file():
-        metrics = json.loads((run_dir / METRICS).read_text())
+    if metrics is not None:
         metrics["prior"] = report
         if quality:
             figures = measure_sample_quality(run_dir, train_set, test_set, device, dtype, log)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import warnings
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,8 +207,8 @@ def _read_cache(path: Path, key: str) -> FolderSplit | None:
             meta = json.loads(str(saved["meta"]))
             return FolderSplit(torch.from_numpy(saved["images"]), torch.from_numpy(saved["labels"]),
                                tuple(meta["class_names"]), [tuple(s) for s in meta["skipped"]], from_cache=True)
-    except (OSError, KeyError, ValueError):
-        return None  # missing or damaged: decode again
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # missing or damaged (a truncated archive raises BadZipFile): decode again
 
 
 def _write_cache(path: Path, key: str, split: FolderSplit) -> None:

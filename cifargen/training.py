@@ -484,6 +484,15 @@ class RunFolderLock:
         return False
 
 
+def read_metrics(path: Path) -> dict | None:
+    """The content of a run's ``metrics.json``; None when it is missing, unreadable or not a JSON object."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to start over an existing run unless asked to.
 
@@ -498,11 +507,7 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     metrics = out / METRICS
     if metrics.is_file() or (out / CHECKPOINT).is_file():
-        finished = False
-        try:
-            finished = json.loads(metrics.read_text()).get("finished", False)
-        except (OSError, ValueError):
-            pass
+        finished = (read_metrics(metrics) or {}).get("finished", False)
         state = "a finished run" if finished else "an unfinished run (continue it with --resume)"
         raise ConfigError(f"{out} already holds {state}; pass --overwrite to replace it or --out to choose another folder")
 

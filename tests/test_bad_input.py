@@ -144,6 +144,8 @@ for cmd in TRAIN_COMMANDS:
 ROWS += [
     ("train vae: busy run folder", ["train", "vae", "--data-dir", "{data}", "--out", "{run}", "--overwrite", *TINY], busy),
     ("train vae: --resume a busy run", ["train", "vae", "--resume", "{run}", "--data-dir", "{data}"], busy),
+    ("train vae: --out holding a run whose metrics.json is a list", ["train", "vae", "--data-dir", "{data}", "--out",
+                                                                     "{run}", *TINY], damaged("metrics.json", b"[]")),
     ("train: unknown model", ["train", "gan9000"], nothing),
     ("no command", [], nothing),
 ]
@@ -179,6 +181,8 @@ ROWS += [
     ("fit-prior: corrupt CIFAR batch", ["fit-prior", "{run}", "--data-dir", "{data}", "--no-quality"],
      run_and_corrupt_data),
     ("fit-prior: a run file, not a folder", ["fit-prior", "{run}/model.safetensors"], copy_run),
+    ("fit-prior: corrupt metrics.json", ["fit-prior", "{run}", "--no-quality"], damaged("metrics.json", b"{\"model\": ")),
+    ("fit-prior: metrics.json holds a list", ["fit-prior", "{run}", "--no-quality"], damaged("metrics.json", b"[]")),
 ]
 
 
@@ -214,6 +218,22 @@ def test_bad_input_is_refused_in_one_line(name, argv, setup, trained_run, cifar_
               **setup(tmp_path, {"run": trained_run, "data": cifar_root})}
     argv = [arg.format(**values) for arg in argv]
     assert_one_line_refusal(*run_cli(argv, capsys))
+
+
+def test_a_refused_fit_prior_leaves_the_model_file_as_it_was(trained_run, tmp_path, capsys):
+    run = damaged("metrics.json", b"[]")(tmp_path, {"run": trained_run})["run"]
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert_one_line_refusal(*run_cli(["fit-prior", str(run), "--no-quality"], capsys))
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_a_stopped_run_with_a_damaged_metrics_json_is_still_evaluated(trained_run, tmp_path, capsys):
+    run = damaged("metrics.json", b"[]")(tmp_path, {"run": trained_run})["run"]
+    (run / "model.safetensors").unlink()  # stopped before its end: eval exports best.pt
+    (run / "config.json").unlink()
+    code, out, err = run_cli(["eval", str(run), "--no-quality", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["rec"] > 0
 
 
 @pytest.mark.parametrize("argv, setup", [

@@ -125,6 +125,20 @@ def test_cache_is_used_and_invalidated(tmp_path):
     assert not third.from_cache and len(third.labels) == 7 and (third.images[0] == 0).all()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path, damage):
+    from cifargen.folders import cache_file
+
+    write_folder(tmp_path, {"a": 3, "b": 3})
+    first = load_folder_split(tmp_path, progress=False)
+    entry = cache_file(tmp_path, 32)
+    data = entry.read_bytes()
+    entry.write_bytes({"truncate": data[:len(data) // 2], "garbage": b"not a zip" * 100, "empty": b""}[damage])
+    again = load_folder_split(tmp_path, progress=False)
+    assert not again.from_cache and (again.images == first.images).all()
+    assert load_folder_split(tmp_path, progress=False).from_cache  # written afresh
+
+
 # --- splits and limits ----------------------------------------------------------------------
 
 def test_folder_without_test_gets_a_stratified_held_out_split(tmp_path):

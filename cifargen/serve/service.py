@@ -4,7 +4,6 @@ PNG bytes or plain dicts out, and :class:`BadRequest` (a status and a message) f
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import threading
@@ -20,6 +19,7 @@ from ..images import denormalize, make_grid
 from ..modelfile import load
 from ..registry import model_kind
 from ..sampling import default_prior
+from ..training import METRICS, read_metrics
 
 MAX_SAMPLES = 64
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -114,7 +114,7 @@ class Explorer:
             while name in names:
                 name, counter = f"{base}-{counter}", counter + 1
             names.add(name)
-            loaded.append(LoadedModel(name, model, str(run), _read_metrics(folder / "metrics.json")))
+            loaded.append(LoadedModel(name, model, str(run), read_metrics(folder / METRICS) or {}))
         return cls(loaded)
 
     def get(self, name: str) -> LoadedModel:
@@ -227,14 +227,6 @@ def png(array) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _read_metrics(path: Path) -> dict:
-    try:
-        metrics = json.loads(path.read_text())
-        return metrics if isinstance(metrics, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _is_number(value) -> bool:
