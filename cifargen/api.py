@@ -65,6 +65,7 @@ def train(config, log=None) -> dict:
             if not is_out_of_memory(exc):
                 raise
             raise out_of_memory_error(exc, config, device, "building the networks, before any training") from None
+        recipe.check_training_data(train_set)
         metrics = fit(recipe, train_set, test_set, out, log=log)
         if rank == 0 and config.quality and kind.generative:
             quality = measure_sample_quality(out, train_set, test_set, device, dtype, log, config.quality_samples)

@@ -57,6 +57,30 @@ class PriorConfig:
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
 
 
+def check_prior_fits(counts, n_components: int, conditional: bool, class_names=None) -> None:
+    """Refuse a fit of ``n_components`` per group when a group (a class, or the whole data) has
+    fewer training images than that: ``counts`` holds the images per group."""
+    for index, count in enumerate(counts):
+        if count >= n_components:
+            continue
+        where = "the training data"
+        if conditional:
+            where = f"class {class_names[index]!r}" if class_names is not None else f"class {index}"
+        fix = ("use fewer components (--components) or more training images" if n_components > 1 else
+               "train on more images (a larger --limit-train, or images of every class) or pass --set fit_prior=false")
+        raise ConfigError(f"the fitted prior needs at least {n_components} training image(s)"
+                          f"{' per class' if conditional else ''}, but {where} has {count}; {fix}")
+
+
+def check_prior_data(conditional: bool, num_classes: int | None, train_set: ImageDataset, config: PriorConfig) -> None:
+    """Refuse, before any work, training data on which ``config``'s prior cannot be fitted."""
+    if conditional:
+        counts = np.bincount(train_set.labels.numpy(), minlength=num_classes or len(train_set.class_names))
+    else:
+        counts = [len(train_set)]
+    check_prior_fits(counts, config.n_components, conditional, train_set.class_names)
+
+
 class GaussianMixturePrior:
     """One Gaussian mixture per group of codes: a single group, or one per class.
 
@@ -89,12 +113,9 @@ class GaussianMixturePrior:
         else:
             labels = np.asarray(labels)
             groups = [codes[labels == c] for c in range(num_classes or int(labels.max()) + 1)]
+        check_prior_fits([len(group) for group in groups], config.n_components, conditional=labels is not None)
         mixtures = []
-        for index, group in enumerate(groups):
-            if len(group) < config.n_components:
-                where = f"class {index}" if labels is not None else "the data"
-                raise ConfigError(f"cannot fit {config.n_components} components to {len(group)} codes of {where}; "
-                                  "use fewer components or more training images")
+        for group in groups:
             mixture = GaussianMixture(config.n_components, covariance_type=config.covariance_type,
                                       reg_covar=config.reg_covar, max_iter=config.max_iter, random_state=config.seed)
             mixtures.append(mixture.fit(group))
@@ -162,6 +183,7 @@ def fit_prior(model, train_set: ImageDataset, device, autocast_dtype=None, confi
               test_set: ImageDataset | None = None) -> tuple[GaussianMixturePrior, dict]:
     """Fit ``model``'s prior to its codes of ``train_set``; returns it and a report (seconds, test log-likelihood)."""
     config = config or PriorConfig()
+    check_prior_data(model.conditional, model.config.num_classes, train_set, config)  # before the encoding's minutes
     started = time.perf_counter()
     codes, labels = encode(model, train_set, device, autocast_dtype)
     encoded = time.perf_counter()

@@ -146,6 +146,8 @@ ROWS += [
     ("train vae: --resume a busy run", ["train", "vae", "--resume", "{run}", "--data-dir", "{data}"], busy),
     ("train vae: --out holding a run whose metrics.json is a list", ["train", "vae", "--data-dir", "{data}", "--out",
                                                                      "{run}", *TINY], damaged("metrics.json", b"[]")),
+    ("train cvae: a class missing from the training images", ["train", "cvae", "--data-dir", "{data}", "--out",
+                                                              "{tmp}/out", *TINY, "--limit-train", "8"], nothing),
     ("train: unknown model", ["train", "gan9000"], nothing),
     ("no command", [], nothing),
 ]
@@ -218,6 +220,17 @@ def test_bad_input_is_refused_in_one_line(name, argv, setup, trained_run, cifar_
               **setup(tmp_path, {"run": trained_run, "data": cifar_root})}
     argv = [arg.format(**values) for arg in argv]
     assert_one_line_refusal(*run_cli(argv, capsys))
+
+
+def test_a_class_missing_from_the_training_images_is_refused_before_the_first_epoch(cifar_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
+                            "--limit-train", "8"], capsys)  # the first 8 images hold classes 0-7 only
+    assert code == 2 and "class 'ship' has 0" in err and "--set fit_prior=false" in err
+    assert not (out / "last.pt").exists() and not (out / "metrics.json").exists()
+    code, _, err = run_cli(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
+                            "--limit-train", "8", "--set", "fit_prior=false"], capsys)
+    assert code == 0, err
 
 
 def test_a_refused_fit_prior_leaves_the_model_file_as_it_was(trained_run, tmp_path, capsys):

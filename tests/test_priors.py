@@ -107,8 +107,14 @@ def test_a_per_class_prior_draws_near_its_own_class():
 
 
 def test_too_few_codes_for_the_components_is_a_clear_error():
-    with pytest.raises(ConfigError, match="cannot fit 5 components to 3 codes of class 1"):
+    with pytest.raises(ConfigError, match=r"at least 5 training image\(s\) per class, but class 1 has 3; use fewer "
+                                          r"components \(--components\)"):
         GaussianMixturePrior.fit(np.random.default_rng(0).normal(size=(9, 2)), np.array([0] * 6 + [1] * 3), PriorConfig(n_components=5))
+    # A class with no image at all, one component: fewer components cannot help, so the fix is the data.
+    with pytest.raises(ConfigError, match="but class 2 has 0; train on more images.*--set fit_prior=false"):
+        GaussianMixturePrior.fit(np.zeros((4, 2)), np.array([0, 0, 1, 1]), PriorConfig(n_components=1), num_classes=3)
+    with pytest.raises(ConfigError, match=r"at least 2 training image\(s\), but the training data has 1"):
+        GaussianMixturePrior.fit(np.zeros((1, 2)), None, PriorConfig(n_components=2))
 
 
 def test_a_model_file_keeps_its_prior_and_samples_identically(tmp_path):

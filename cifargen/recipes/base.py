@@ -142,6 +142,9 @@ class Recipe:
         """Figures after epoch ``epoch`` (0-based), of ``images`` when given (else :meth:`epoch_images`);
         runs between epochs, never per step."""
 
+    def check_training_data(self, train_set: ImageDataset) -> None:
+        """Refuse, before the first step, training data that :meth:`final_outputs` could not use."""
+
     def final_outputs(self, metrics: dict, train_set: ImageDataset, test_set: ImageDataset, out_dir: Path) -> dict:
         """Figures and extra figures after training, with the best weights loaded."""
         return {}
