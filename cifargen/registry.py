@@ -72,6 +72,9 @@ MODELS: dict[str, ModelKind] = {kind.name: kind for kind in (
 )}
 
 GENERATORS = tuple(name for name, kind in MODELS.items() if kind.generative)
+# The figures every kind's recipe writes into a run folder: --overwrite clears them all, whatever
+# kind the old run was.
+OUTPUT_FILES = tuple(dict.fromkeys(pattern for kind in MODELS.values() for pattern in kind.recipe_class.output_files))
 
 
 def model_kind(name: str) -> ModelKind:

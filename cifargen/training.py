@@ -30,7 +30,7 @@ from .errors import ConfigError, TrainingError
 from .modelfile import CONFIG, WEIGHTS, save_model
 from .priors import PRIOR_WEIGHTS
 from .recipes.base import Recipe, TrainConfig
-from .registry import model_kind
+from .registry import OUTPUT_FILES, model_kind
 from .runtime import (all_reduce_, atomic_torch_save, atomic_write_json, device_memory_bytes, distributed_env,
                       init_distributed, is_out_of_memory, keep_freed_memory_for_reuse, physical_cores,
                       remove_leftover_temporaries, resolve_device, resolve_precision, rng_state, seed_everything,
@@ -41,7 +41,7 @@ BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.json"
 LAST_MODEL = "last"  # the final epoch's model file, beside the best one
 SKIPPED_IMAGES = "skipped_images.txt"  # image files of the data folder that could not be read
-# What the loop itself writes; each recipe adds its own figures (Recipe.output_files).
+# What the loop itself writes; each recipe adds its own figures (Recipe.output_files, all in registry.OUTPUT_FILES).
 LOOP_FILES = tuple(re.escape(name) for name in (METRICS, CHECKPOINT, BEST_CHECKPOINT, WEIGHTS, CONFIG, PRIOR_WEIGHTS,
                                                          SKIPPED_IMAGES))
 # Training memory per parameter: float32 weights, gradients and Adam's two moments (SGD with
@@ -182,7 +182,7 @@ class Trainer:
             where = f"step {partial['next_step'] + 1} of " if partial else ""
             self.log(f"resuming {self.out_dir} at {where}epoch {self.state.next_epoch + 1}")
         elif self.config.overwrite and self.is_main:
-            remove_run_outputs(self.out_dir, self.recipe.output_files)
+            remove_run_outputs(self.out_dir, OUTPUT_FILES)  # the old run may be of another kind
         if self.is_main:
             write_skipped_list(self.out_dir, self.train_set, self.test_set, self.log)
             for path in remove_leftover_temporaries(self.out_dir, (WEIGHTS, PRIOR_WEIGHTS)):

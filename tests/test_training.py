@@ -96,6 +96,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_started(cifar_root, t
     assert (tmp_path / "notes.txt").read_text() == "mine"  # ...and removes only cifargen's own files
 
 
+def test_overwrite_with_another_kind_leaves_none_of_the_old_runs_figures(cifar_root, tmp_path):
+    run("vae", cifar_root, tmp_path, epochs=1, quality=False)
+    assert (tmp_path / "random.png").is_file() and (tmp_path / "total_loss.png").is_file()
+    run("acgan", cifar_root, tmp_path, epochs=1, overwrite=True, quality=False)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"loss.png", "accuracy.png", "E1.png"} <= names
+    assert not names & {"random.png", "losses.png", "total_loss.png", "prior.safetensors"}
+
+
 def test_remove_run_outputs_removes_only_the_recipes_and_the_loops_files(tmp_path):
     from cifargen.training import remove_run_outputs
 
