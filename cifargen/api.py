@@ -48,14 +48,25 @@ def train(config, log=None) -> dict:
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
     if config.tensorboard == "":
         config = dataclasses.replace(config, tensorboard=str(out / "tensorboard"))
+    created = not out.exists()
     make_run_dir(out)
+    try:
+        return _train_in(out, config, kind, device, dtype, log)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _train_in(out: Path, config, kind, device, dtype, log) -> dict:
     rank, world_size, _ = distributed_env()
     with RunFolderLock(out) if rank == 0 else contextlib.nullcontext():
         check_run_dir(out, config.resume, config.overwrite)
         if world_size > 1 and rank != 0:
             torch.distributed.barrier()  # let rank 0 download the data alone
         train_set, test_set = load_run_data(dataclasses.asdict(config), progress=config.progress and rank == 0,
-                                            log=log if rank == 0 else None)
+                                            log=log if rank == 0 else None, download=True)
         if world_size > 1 and rank == 0:
             torch.distributed.barrier()
         try:
@@ -76,14 +87,17 @@ def train(config, log=None) -> dict:
 
 
 def load_run_data(training: dict, data_dir: str | None = None, limit_test: int | None = None,
-                  progress: bool = True, log=None) -> tuple[ImageDataset, ImageDataset]:
+                  progress: bool = True, log=None, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
     """The (train, test) splits a run trains and is measured on, from its training settings (a run's
     ``config.json`` "training" part, or a configuration as a dict): the same data set, image size,
-    held-out split and limits. ``data_dir`` and ``limit_test`` override the run's."""
+    held-out split and limits. ``data_dir`` and ``limit_test`` override the run's. Only training
+    downloads CIFAR-10 (``download``): a trained model's data is already there, so a mistyped
+    ``--data-dir`` is an error, not a new folder and a download."""
     return load_splits(data_dir or training.get("data_dir") or default_data_dir(),
                        dataset=training.get("dataset", "auto"), image_size=training.get("image_size", 32),
                        test_fraction=training.get("test_fraction", 0.1), limit_train=training.get("limit_train"),
-                       limit_test=limit_test or training.get("limit_test"), progress=progress, log=log)
+                       limit_test=limit_test or training.get("limit_test"), download=download, progress=progress,
+                       log=log)
 
 
 def evaluate_model(model, test_set: ImageDataset, device, autocast_dtype=None) -> dict:
@@ -171,7 +185,8 @@ def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) 
     run_dir = export_best_model(run_dir, device)
     model = load(run_dir, device)
     if not hasattr(model, "fitted_prior"):
-        raise ConfigError(f"{run_dir} holds a {model.kind}; only vae and cvae models have a latent prior to fit")
+        raise ConfigError(f"{run_dir} holds a model of kind {model.kind}; only vae and cvae models have a latent "
+                          "prior to fit")
     metrics = read_metrics(run_dir / METRICS)
     if metrics is None and (run_dir / METRICS).exists():  # refuse before the model file changes
         raise ConfigError(f"{run_dir / METRICS} is damaged (not a JSON object); restore it, or move it aside to fit "

@@ -24,7 +24,7 @@ from .priors import COVARIANCE_TYPES, PriorConfig
 from .quality import find_reference_classifier, inception_metrics, quality_report, real_image_reference
 from .registry import GENERATORS, MODELS, default_config, model_kind
 from .runtime import CACHE_ENV, resolve_device, resolve_precision
-from .sampling import default_prior, write_samples
+from .sampling import default_prior, draw_samples, write_samples
 from .training import CHECKPOINT, load_checkpoint
 
 
@@ -78,6 +78,7 @@ def _defaults_text(setting: str, models=None) -> str:
 
 _MISSING = object()
 SETTING = "setting:"  # argparse dest prefix of a flag that sets one configuration field
+FLAG_OF = "flag-of:"  # argparse default holding the flag's own name, for messages about it
 
 
 def _setting_flag(parser, flag: str, setting: str, help: str, models=None, **kwargs) -> None:
@@ -87,6 +88,7 @@ def _setting_flag(parser, flag: str, setting: str, help: str, models=None, **kwa
     if "action" not in kwargs and "choices" not in kwargs:
         kwargs.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
     parser.add_argument(flag, dest=SETTING + setting, default=None, help=help, **kwargs)
+    parser.set_defaults(**{FLAG_OF + setting: flag})
 
 
 def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=None) -> None:
@@ -184,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                           help="default: the precision the model was trained and evaluated with")
     evaluate.add_argument("--limit-test", type=_positive_int, metavar="N",
-                          help="first N test images (default: as in training)")
+                          help="N test images, chosen as in training (CIFAR: the first N; a folder: a seeded, "
+                               "class-stratified subset; default: as in training)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--confusion", metavar="PNG", help="AC-GAN: also save the confusion matrix figure here")
     evaluate.add_argument("--no-quality", dest="quality", action="store_false",
@@ -260,7 +263,7 @@ def config_from_args(args: argparse.Namespace):
         group = setting.split(".")[0]
         if not hasattr(kind.default_config(), group):
             owners = "/".join(n for n in GENERATORS if hasattr(default_config(n), group))
-            raise ConfigError(f"--{setting.split('.')[-1].replace('_', '-')} applies to {owners}, not {args.model}")
+            raise ConfigError(f"{getattr(args, FLAG_OF + setting)} applies to {owners}, not {args.model}")
     if isinstance(args.resume, str):
         flags["out"] = args.resume
     resume = args.resume is not None
@@ -347,6 +350,8 @@ def run_eval(args: argparse.Namespace) -> dict:
                                         args.data_dir, args.limit_test,
                                         log=lambda line: print(line, file=sys.stderr))
     check_classes(model, test_set)
+    if args.confusion and not kind.classifies:  # refused before the evaluation's minutes
+        raise ConfigError(f"--confusion: a {model.kind} model has no class predictions to plot; it is for acgan runs")
     figures = evaluate_model(model, test_set, device, dtype)
     if not kind.generative and args.quality:
         reference = real_image_reference(model, train_set, test_set, device, dtype, n=args.quality_samples)
@@ -354,8 +359,6 @@ def run_eval(args: argparse.Namespace) -> dict:
     elif args.quality:
         figures.update(_quality_figures(args, model, train_set, test_set, device, dtype))
     if args.confusion:
-        if "confusion" not in figures:
-            raise ConfigError(f"--confusion: a {model.kind} model has no class predictions to plot; it is for acgan runs")
         try:
             plot_confusion(figures["confusion"], test_set.class_names, args.confusion,
                            f"{model.kind} auxiliary classifier on {len(test_set)} test images")
@@ -409,6 +412,7 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.run} holds a {model.kind}, which does not generate images; "
                           f"pass a {'/'.join(GENERATORS)} run")
     prior = args.prior or default_prior(model)
+    draw_samples(model, 1, args.seed, prior)  # a prior the model lacks is refused before anything is said or made
     try:  # a bad --out is refused before anything is said or drawn
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -36,6 +36,7 @@ class ModelKind:
     default_out: str | Callable[..., Path]  # run folder; a callable (of the training configuration) is resolved when used
     generative: bool = True                 # has generate(n, y, generator) and decode(z, y)
     train_command: str = ""                 # the command that trains it ("": cifargen train NAME)
+    classifies: bool = False                # its evaluation has a confusion matrix (eval --confusion)
 
     def out_dir(self, config: TrainConfig | None = None) -> Path:
         """The default run folder (of a run with ``config``, for kinds whose folder depends on the data)."""
@@ -64,7 +65,7 @@ MODELS: dict[str, ModelKind] = {kind.name: kind for kind in (
     ModelKind("cvae", "conditional VAE (class-embedded)", CVAE, VAEConfig, VAETrainConfig, CVAERecipe, evaluate_vae,
               "visualize/cvae"),
     ModelKind("acgan", "auxiliary-classifier GAN", ACGAN, ACGANConfig, ACGANTrainConfig, ACGANRecipe,
-              evaluate_discriminator, "visualize/gan"),
+              evaluate_discriminator, "visualize/gan", classifies=True),
     # The reference classifier of the sample-quality figures lives in the user's cache folder.
     ModelKind("classifier", "reference classifier for the sample-quality figures", Classifier, ClassifierConfig,
               ClassifierTrainConfig, ClassifierRecipe, evaluate_classifier, default_classifier_dir, generative=False,

@@ -454,12 +454,12 @@ class RunFolderLock:
                     self.path.unlink(missing_ok=True)
                     continue
                 raise ConfigError(f"{self.path.parent} is in use by process {holder.get('pid')} on {holder.get('host')} "
-                                  f"(since {holder.get('started')}); wait for that run to end or choose another "
-                                  f"--out (if no such process runs, delete {self.path})") from None
+                                  f"(since {holder.get('started')}); wait for it to end or use another run folder "
+                                  f"(--out when training; if no such process runs, delete {self.path})") from None
             with os.fdopen(fd, "w") as f:
                 json.dump(self.record, f)
             return self
-        raise ConfigError(f"cannot take the lock {self.path}; another process keeps taking it: choose another --out")
+        raise ConfigError(f"cannot take the lock {self.path}; another process keeps taking it: use another run folder")
 
     def __exit__(self, *exc) -> None:
         if self._holder() == self.record:

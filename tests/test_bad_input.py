@@ -227,10 +227,48 @@ def test_a_class_missing_from_the_training_images_is_refused_before_the_first_ep
     code, _, err = run_cli(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
                             "--limit-train", "8"], capsys)  # the first 8 images hold classes 0-7 only
     assert code == 2 and "class 'ship' has 0" in err and "--set fit_prior=false" in err
-    assert not (out / "last.pt").exists() and not (out / "metrics.json").exists()
+    assert not out.exists()  # the run folder it made for the run is gone again: it was empty
     code, _, err = run_cli(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
                             "--limit-train", "8", "--set", "fit_prior=false"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("command", [["eval", "{run}"], ["fit-prior", "{run}"], ["sample", "{run}", "--out", "{tmp}/s"]])
+def test_a_mistyped_data_dir_of_a_trained_run_is_refused_without_a_download(command, trained_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    import cifargen.data
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(cifargen.data, "download_cifar", no_download)
+    run = copy_run(tmp_path, {"run": trained_run})["run"]
+    typo = tmp_path / "typo"
+    argv = [a.format(run=run, tmp=tmp_path) for a in command]
+    if command[0] == "sample":  # a stopped run whose recorded data folder has moved: exporting best.pt reads it
+        import torch
+
+        (run / "model.safetensors").unlink()
+        (run / "config.json").unlink()
+        best = torch.load(run / "best.pt", weights_only=True)
+        best["config"]["data_dir"] = str(typo)
+        torch.save(best, run / "best.pt")
+    else:
+        argv += ["--data-dir", str(typo)]
+    code, out, err = run_cli(argv, capsys)
+    assert_one_line_refusal(code, out, err)
+    assert f"no CIFAR-10 in {typo}" in err and not typo.exists()
+
+
+def test_a_train_that_fails_before_writing_leaves_no_empty_run_folder(cifar_root, tmp_path, capsys):
+    out = tmp_path / "new" / "run"
+    assert_one_line_refusal(*run_cli(["train", "vae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
+                                      "--limit-train", "100000"], capsys))
+    assert not out.exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    assert_one_line_refusal(*run_cli(["train", "vae", "--data-dir", str(cifar_root), "--out", str(tmp_path / "kept"),
+                                      *TINY, "--limit-train", "100000"], capsys))
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_a_refused_fit_prior_leaves_the_model_file_as_it_was(trained_run, tmp_path, capsys):

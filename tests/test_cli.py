@@ -98,6 +98,9 @@ def test_flags_map_onto_config():
     assert config.d_lr == 1e-3 and config.mode_seeking == 0.5 and config.lr == 2e-4 and config.ema_decay == 0.99
     with pytest.raises(ConfigError, match="--mode-seeking applies to acgan, not vae"):
         config_from_args(build_parser().parse_args(["train", "vae", "--mode-seeking", "1"]))
+    for flag, value in (("--kl-shape", "linear"), ("--kl-ramp-from", "0.5")):  # nested settings: the flag's own name
+        with pytest.raises(ConfigError, match=f"^{flag} applies to vae/cvae, not acgan$"):
+            config_from_args(build_parser().parse_args(["train", "acgan", flag, value]))
 
 
 def test_planted_checkpoint_runs_nothing(tmp_path, capsys):
@@ -182,3 +185,21 @@ def test_a_device_that_does_not_exist_is_refused_before_any_data_is_read(command
     assert err.startswith("cifargen: ") and len(err.strip().splitlines()) == 1
     assert device in err and str(tmp_path) not in err
     assert not missing.exists() and not (tmp_path / "out").exists() and not (tmp_path / "samples").exists()
+
+
+def test_eval_refuses_confusion_of_a_vae_before_evaluating(tiny_runs, monkeypatch, capsys):
+    import cifargen.cli as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before refusing --confusion")
+
+    monkeypatch.setattr(cli, "evaluate_model", never)
+    assert main(["eval", str(tiny_runs["vae"]), "--no-quality", "--confusion", "c.png"]) == 2
+    assert "--confusion: a vae model has no class predictions" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_prior_the_model_lacks_before_writing(tiny_runs, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", str(tiny_runs["acgan"]), "--out", str(out), "--prior", "fitted"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifargen: error: an AC-GAN samples only its standard prior") and not out.exists()

@@ -47,6 +47,18 @@ def test_each_kinds_train_command_parses_with_resume(name):
     assert getattr(args, "model", "classifier") == name  # `classifier train` has no model argument; main() sets it
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_kind_classifies_exactly_when_its_evaluation_has_a_confusion_matrix(name):
+    from cifargen.data import ImageDataset
+
+    kind = model_kind(name)
+    model = kind.build(kind.arch_class(width=8).__dict__).eval()
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    test_set = ImageDataset(images, torch.arange(12) % 10, tuple("abcdefghij"))
+    figures = kind.evaluate(model, test_set, torch.device("cpu"))
+    assert ("confusion" in figures) == kind.classifies
+
+
 def test_an_unknown_kind_names_the_known_ones():
     with pytest.raises(ConfigError, match="unknown model kind 'gan9000'.*vae, cvae, acgan, classifier"):
         model_kind("gan9000")

@@ -30,7 +30,7 @@ class TrainConfig:
     device: str = "auto"
     data_dir: str = field(default_factory=default_data_dir)
     out: str | None = None         # run folder; default: the model's folder under visualize/
-    dataset: str = "auto"          # auto (detected from data_dir), cifar10 or folder
+    dataset: str = "auto"          # auto (detected from data_dir), cifar10, cifar100 or folder
     image_size: int = 32           # pixels; images are resized (folders: shorter side, then center crop)
     test_fraction: float = 0.1     # image folders without test/: the held-out share (seeded, stratified)
     limit_train: int | None = None
