@@ -163,6 +163,8 @@ class Trainer:
                     train_means = self.reduce_and_check(epoch, sums)
                     test_metrics = self.evaluate(epoch)
                     self.end_epoch(epoch, logged, train_means, test_metrics, time.perf_counter() - epoch_start)
+                    if stop.requested:  # Ctrl-C during the epoch's evaluation or figures: last.pt has the epoch
+                        self.stop_after_epoch(epoch)
             return self.finish()
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
@@ -230,6 +232,13 @@ class Trainer:
                               "first_bad_step": sums.first_bad_step, "generator_before_epoch": generator_before_epoch,
                               "logged": logged})
         self.log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {self.out_dir / CHECKPOINT}. "
+                 f"Continue with: {model_kind(self.config.model).command()} --resume {self.out_dir}")
+        raise KeyboardInterrupt
+
+    def stop_after_epoch(self, epoch: int) -> None:
+        """Ctrl-C between steps: ``last.pt`` already holds the whole epoch; stop before the next one
+        (or, after the last epoch, before the final outputs)."""
+        self.log(f"interrupted after epoch {epoch + 1}; saved {self.out_dir / CHECKPOINT}. "
                  f"Continue with: {model_kind(self.config.model).command()} --resume {self.out_dir}")
         raise KeyboardInterrupt
 

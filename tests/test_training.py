@@ -184,6 +184,43 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches(cifar_root, tmp_path, monkeyp
     assert _history_without_timings(resumed) == _history_without_timings(full)
 
 
+def test_ctrl_c_during_the_last_epochs_evaluation_stops_before_the_final_outputs(cifar_root, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cifargen.recipes.vae import VAERecipe
+
+    full = run("vae", cifar_root, tmp_path / "full", epochs=2, batch_size=64, quality=False)
+    original_evaluate, original_step = VAERecipe.evaluate, VAERecipe.train_step
+    calls = {"evaluate": 0, "steps": 0}
+
+    def interrupting_evaluate(self, test_set, *args, **kwargs):
+        calls["evaluate"] += 1
+        if calls["evaluate"] == 2:  # epoch 2 of 2, after its last step
+            os.kill(os.getpid(), signal.SIGINT)
+        return original_evaluate(self, test_set, *args, **kwargs)
+
+    def counting_step(self, x, y):
+        calls["steps"] += 1
+        return original_step(self, x, y)
+
+    monkeypatch.setattr(VAERecipe, "evaluate", interrupting_evaluate)
+    monkeypatch.setattr(VAERecipe, "train_step", counting_step)
+    out = tmp_path / "cut"
+    config = dict(data_dir=str(cifar_root), out=str(out), epochs=2, batch_size=64, quality=False, **QUICK)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(default_config("vae", **config), log=lines.append)
+    assert lines[-1].startswith("interrupted after epoch 2;") and "cifargen train vae --resume" in lines[-1]
+    assert not (out / "model.safetensors").exists() and not (out / "random.png").exists()  # no final outputs
+    assert json.loads((out / "metrics.json").read_text())["finished"] is False
+    steps = calls["steps"]
+    resumed = train(default_config("vae", resume=True, **config))
+    assert calls["steps"] == steps  # nothing left to train: only the final outputs ran
+    assert resumed["finished"] and (out / "model.safetensors").is_file()
+    assert _history_without_timings(resumed) == _history_without_timings(full)
+
+
 def test_a_model_exported_from_a_stopped_run_follows_the_resumed_runs_best_epoch(cifar_root, tmp_path, monkeypatch):
     """eval/sample on a stopped run export best.pt; after a resume that improves, they export again."""
     import os
