@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -48,14 +49,14 @@ def train(config, log=None) -> dict:
     config = dataclasses.replace(config, out=str(out), data_dir=str(Path(config.data_dir).resolve()))
     if config.tensorboard == "":
         config = dataclasses.replace(config, tensorboard=str(out / "tensorboard"))
-    created = not out.exists()
+    created = [folder for folder in (out, *out.absolute().parents) if not folder.exists()]  # deepest first
     make_run_dir(out)
     try:
         return _train_in(out, config, kind, device, dtype, log)
     except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                out.rmdir()
+        with contextlib.suppress(OSError):  # a run that failed before writing anything leaves no empty folders
+            for folder in created:
+                folder.rmdir()  # stops at the first folder that is not empty
         raise
 
 
@@ -129,9 +130,13 @@ def _figures_line(figures: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
 
 
-def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
+def export_best_model(run_dir: str | os.PathLike, device="cpu", data_dir: str | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` from ``best.pt`` of a run that stopped before
-    its end (Ctrl-C, a crash), so that it can be evaluated, sampled and fitted; returns the folder."""
+    its end (Ctrl-C, a crash), so that it can be evaluated, sampled and fitted; returns the folder.
+
+    A model file written this way is written again once a resumed run has a later best epoch. The
+    data set's identity (its class names) comes from the checkpoint or ``metrics.json``; only a run
+    that recorded neither reads its data (from ``data_dir`` when given)."""
     run_dir = Path(run_dir)
     if (run_dir / WEIGHTS).is_file() and not _model_file_is_stale(run_dir):
         return run_dir
@@ -144,14 +149,17 @@ def export_best_model(run_dir: str | os.PathLike, device="cpu") -> Path:
         config = config_from_dict(kind.config_class, best["config"])
     except (KeyError, TypeError):
         raise ConfigError(f"{run_dir / BEST_CHECKPOINT} holds no run configuration; it is not a cifargen checkpoint") from None
-    train_set, _ = load_run_data(config.to_dict(), progress=False)
-    class_names = train_set.class_names
+    metrics = read_metrics(run_dir / METRICS) or {}
+    identity = best.get("data") or metrics.get("data")
+    if not (isinstance(identity, dict) and isinstance(identity.get("class_names"), list)):
+        identity = load_run_data(config.to_dict(), data_dir, progress=False)[0].identity()
+    identity = {k: identity.get(k) for k in ("name", "class_names", "image_size")}
+    class_names = tuple(identity["class_names"])
     recipe = kind.recipe_class(config, class_names, torch.device(device), None, steps_per_epoch=1)
     recipe.load_model_state(best["models"])
-    precision = (read_metrics(run_dir / METRICS) or {}).get("precision", "float32")
     save_model(recipe.export_model(), run_dir, class_names, training=config.to_dict(),
                metrics={"epoch": best["epoch"], "best_epoch": best["epoch"], "test": best["test"], "best": best["test"],
-                        "precision": precision, "device": str(device), "data": train_set.identity()})
+                        "precision": metrics.get("precision", "float32"), "device": str(device), "data": identity})
     return run_dir
 
 
@@ -164,8 +172,11 @@ def _model_file_is_stale(run_dir: Path) -> bool:
         exported = json.loads((run_dir / CONFIG).read_text())["metrics"]["best_epoch"]
     except (OSError, ValueError, KeyError, TypeError):
         return False  # nothing to compare: keep the model file
-    current = (read_metrics(run_dir / METRICS) or {}).get("best_epoch")
-    return current is not None and exported != current
+    try:
+        current = torch.load(run_dir / BEST_CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError):
+        return False  # unreadable: keep the model file
+    return exported != current
 
 
 def fit_run_prior(run_dir: str | os.PathLike, prior_config: PriorConfig | None = None, device="cpu",
@@ -182,15 +193,15 @@ def fit_run_prior(run_dir: str | os.PathLike, prior_config: PriorConfig | None =
 
 
 def _fit_run_prior(run_dir: Path, prior_config, device, data_dir, quality, log) -> dict:
-    run_dir = export_best_model(run_dir, device)
+    metrics = read_metrics(run_dir / METRICS)
+    if metrics is None and (run_dir / METRICS).exists():  # refuse before anything in the folder changes
+        raise ConfigError(f"{run_dir / METRICS} is damaged (not a JSON object); restore it, or move it aside to fit "
+                          "the prior without recording it there")
+    run_dir = export_best_model(run_dir, device, data_dir)
     model = load(run_dir, device)
     if not hasattr(model, "fitted_prior"):
         raise ConfigError(f"{run_dir} holds a model of kind {model.kind}; only vae and cvae models have a latent "
                           "prior to fit")
-    metrics = read_metrics(run_dir / METRICS)
-    if metrics is None and (run_dir / METRICS).exists():  # refuse before the model file changes
-        raise ConfigError(f"{run_dir / METRICS} is damaged (not a JSON object); restore it, or move it aside to fit "
-                          "the prior without recording it there")
     training = model.model_config.get("training", {})
     dtype = resolve_precision("bf16" if model.model_config.get("metrics", {}).get("precision") == "bfloat16" else "fp32",
                               torch.device(device))

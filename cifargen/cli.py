@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_eval(args: argparse.Namespace) -> dict:
     """``cifargen eval``: load the model, evaluate it on the test set, print a table or JSON."""
     device = resolve_device(args.device)
-    model = load(export_best_model(args.run, device) if Path(args.run).is_dir() else args.run, device)
+    model = load(export_best_model(args.run, device, args.data_dir) if Path(args.run).is_dir() else args.run, device)
     kind = model_kind(model.kind)
     training = model.model_config.get("training", {})
     trained_precision = model.model_config.get("metrics", {}).get("precision", "float32")

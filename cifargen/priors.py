@@ -57,28 +57,38 @@ class PriorConfig:
             raise ConfigError(f"temperature must be in (0, 1], got {self.temperature}")
 
 
-def check_prior_fits(counts, n_components: int, conditional: bool, class_names=None) -> None:
+# What to do when a class has too few training images for the prior, by where the fit happens:
+# (with several components per class, with one).
+FIXES_WHEN_TRAINING = ("use fewer components (--set prior.n_components=N) or more training images",
+                       "train on images of every class (a larger --limit-train) or pass --set fit_prior=false")
+FIXES_WHEN_REFITTING = ("use fewer components (--components N)",
+                        "the run was trained without enough images of it, so retrain it on images of every class")
+
+
+def check_prior_fits(counts, n_components: int, conditional: bool, class_names=None,
+                     fixes: tuple[str, str] = ("use fewer components", "use more training images")) -> None:
     """Refuse a fit of ``n_components`` per group when a group (a class, or the whole data) has
-    fewer training images than that: ``counts`` holds the images per group."""
+    fewer training images than that: ``counts`` holds the images per group; ``fixes`` says what
+    to do (with several components, with one)."""
     for index, count in enumerate(counts):
         if count >= n_components:
             continue
         where = "the training data"
         if conditional:
             where = f"class {class_names[index]!r}" if class_names is not None else f"class {index}"
-        fix = ("use fewer components (--components) or more training images" if n_components > 1 else
-               "train on more images (a larger --limit-train, or images of every class) or pass --set fit_prior=false")
         raise ConfigError(f"the fitted prior needs at least {n_components} training image(s)"
-                          f"{' per class' if conditional else ''}, but {where} has {count}; {fix}")
+                          f"{' per class' if conditional else ''}, but {where} has {count}; "
+                          f"{fixes[0] if n_components > 1 else fixes[1]}")
 
 
-def check_prior_data(conditional: bool, num_classes: int | None, train_set: ImageDataset, config: PriorConfig) -> None:
+def check_prior_data(conditional: bool, num_classes: int | None, train_set: ImageDataset, config: PriorConfig,
+                     fixes: tuple[str, str] = FIXES_WHEN_REFITTING) -> None:
     """Refuse, before any work, training data on which ``config``'s prior cannot be fitted."""
     if conditional:
         counts = np.bincount(train_set.labels.numpy(), minlength=num_classes or len(train_set.class_names))
     else:
         counts = [len(train_set)]
-    check_prior_fits(counts, config.n_components, conditional, train_set.class_names)
+    check_prior_fits(counts, config.n_components, conditional, train_set.class_names, fixes)
 
 
 class GaussianMixturePrior:

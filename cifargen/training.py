@@ -279,7 +279,8 @@ class Trainer:
             state.best_value, state.best_epoch = test_metrics[self.recipe.best_metric], epoch
             if self.is_main:
                 atomic_torch_save({"models": self.recipe.model_state(), "epoch": epoch + 1, "test": test_metrics,
-                                   "config": self.config.to_dict()}, self.out_dir / BEST_CHECKPOINT)
+                                   "config": self.config.to_dict(), "data": self.train_set.identity()},
+                                  self.out_dir / BEST_CHECKPOINT)
         images = self.recipe.epoch_images(epoch, self.test_set) if self.is_main else {}
         if self.tensorboard is not None:  # before last.pt: every epoch a checkpoint holds is in the log
             self.tensorboard.log_epoch(state.history[-1], images)

@@ -231,9 +231,13 @@ def test_a_class_missing_from_the_training_images_is_refused_before_the_first_ep
     code, _, err = run_cli(["train", "cvae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
                             "--limit-train", "8", "--set", "fit_prior=false"], capsys)
     assert code == 0, err
+    code, _, err = run_cli(["fit-prior", str(out), "--no-quality"], capsys)  # the flags fit-prior has, or none
+    assert code == 2 and "class 'ship' has 0; the run was trained without enough images of it" in err
+    code, _, err = run_cli(["fit-prior", str(out), "--no-quality", "--components", "2"], capsys)
+    assert code == 2 and "use fewer components (--components N)" in err
 
 
-@pytest.mark.parametrize("command", [["eval", "{run}"], ["fit-prior", "{run}"], ["sample", "{run}", "--out", "{tmp}/s"]])
+@pytest.mark.parametrize("command", ["eval", "fit-prior"])
 def test_a_mistyped_data_dir_of_a_trained_run_is_refused_without_a_download(command, trained_run, tmp_path, capsys,
                                                                            monkeypatch):
     import cifargen.data
@@ -244,27 +248,61 @@ def test_a_mistyped_data_dir_of_a_trained_run_is_refused_without_a_download(comm
     monkeypatch.setattr(cifargen.data, "download_cifar", no_download)
     run = copy_run(tmp_path, {"run": trained_run})["run"]
     typo = tmp_path / "typo"
-    argv = [a.format(run=run, tmp=tmp_path) for a in command]
-    if command[0] == "sample":  # a stopped run whose recorded data folder has moved: exporting best.pt reads it
-        import torch
-
-        (run / "model.safetensors").unlink()
-        (run / "config.json").unlink()
-        best = torch.load(run / "best.pt", weights_only=True)
-        best["config"]["data_dir"] = str(typo)
-        torch.save(best, run / "best.pt")
-    else:
-        argv += ["--data-dir", str(typo)]
-    code, out, err = run_cli(argv, capsys)
+    code, out, err = run_cli([command, str(run), "--data-dir", str(typo)], capsys)
     assert_one_line_refusal(code, out, err)
     assert f"no CIFAR-10 in {typo}" in err and not typo.exists()
+
+
+def stopped_run_with_moved_data(tmp, fx):
+    """A copy of the trained run as Ctrl-C leaves it (no model file), whose data folder has moved."""
+    import torch
+
+    run = copy_run(tmp, fx)["run"]
+    (run / "model.safetensors").unlink()
+    (run / "config.json").unlink()
+    best = torch.load(run / "best.pt", weights_only=True)
+    best["config"]["data_dir"] = str(tmp / "moved-away")
+    torch.save(best, run / "best.pt")
+    moved = tmp / "data-now"
+    shutil.copytree(fx["data"], moved)
+    return {"run": run, "data": moved}
+
+
+def test_a_stopped_run_whose_data_moved_is_sampled_and_evaluated_with_the_new_data_dir(trained_run, cifar_root,
+                                                                                      tmp_path, capsys):
+    values = stopped_run_with_moved_data(tmp_path, {"run": trained_run, "data": cifar_root})
+    run, data = values["run"], values["data"]
+    code, out, err = run_cli(["sample", str(run), "--out", str(tmp_path / "s"), "--n", "4"], capsys)
+    assert code == 0, err  # exporting best.pt needs no data: the checkpoint names the classes
+    code, out, err = run_cli(["eval", str(run), "--data-dir", str(data), "--no-quality", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["rec"] > 0
+    assert not (tmp_path / "moved-away").exists()
+
+
+def test_a_prior_fitted_to_an_exported_model_stays_when_metrics_json_lags_behind(trained_run, cifar_root, tmp_path,
+                                                                                 capsys):
+    """best.pt is written before metrics.json: a run killed between the two must not make every later
+    command export best.pt again (which would drop the prior fitted since)."""
+    from cifargen.api import export_best_model
+
+    run = copy_run(tmp_path, {"run": trained_run})["run"]
+    (run / "model.safetensors").unlink()
+    (run / "config.json").unlink()
+    assert run_cli(["fit-prior", str(run), "--no-quality"], capsys)[0] == 0
+    assert "prior" in json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["best_epoch"] = 99  # a metrics.json that lags behind best.pt
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    export_best_model(run)
+    assert "prior" in json.loads((run / "config.json").read_text())
 
 
 def test_a_train_that_fails_before_writing_leaves_no_empty_run_folder(cifar_root, tmp_path, capsys):
     out = tmp_path / "new" / "run"
     assert_one_line_refusal(*run_cli(["train", "vae", "--data-dir", str(cifar_root), "--out", str(out), *TINY,
                                       "--limit-train", "100000"], capsys))
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent it made for it
     (tmp_path / "kept").mkdir()  # a folder that was there before stays
     assert_one_line_refusal(*run_cli(["train", "vae", "--data-dir", str(cifar_root), "--out", str(tmp_path / "kept"),
                                       *TINY, "--limit-train", "100000"], capsys))

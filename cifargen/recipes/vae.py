@@ -13,7 +13,7 @@ from ..evaluation import evaluate_vae, reconstruct
 from ..images import denormalize
 from ..losses import kl_per_sample, reconstruction_terms
 from ..models.vae import CVAE, VAE, VAEConfig
-from ..priors import PriorConfig, check_prior_data, fit_prior
+from ..priors import FIXES_WHEN_TRAINING, PriorConfig, check_prior_data, fit_prior
 from ..plotting import plot_curves, save_image_rows, save_labelled_grid
 from ..runtime import autocast
 from ..schedules import KLSchedule, lr_milestones
@@ -116,7 +116,8 @@ class VAERecipe(Recipe):
 
     def check_training_data(self, train_set: ImageDataset) -> None:
         if self.config.fit_prior:  # the prior is fitted after the last epoch: fail now, not then
-            check_prior_data(self.model.conditional, self.model.config.num_classes, train_set, self.config.prior)
+            check_prior_data(self.model.conditional, self.model.config.num_classes, train_set, self.config.prior,
+                             FIXES_WHEN_TRAINING)
 
     def final_outputs(self, metrics: dict, train_set: ImageDataset, test_set: ImageDataset, out_dir: Path) -> dict:
         history = metrics["history"]
