@@ -231,16 +231,18 @@ class Trainer:
         self.save_checkpoint({"next_step": step + 1, "sums": sums.sums, "count": sums.count, "names": sums.names,
                               "first_bad_step": sums.first_bad_step, "generator_before_epoch": generator_before_epoch,
                               "logged": logged})
-        self.log(f"interrupted at epoch {epoch + 1}, step {step + 1}; saved {self.out_dir / CHECKPOINT}. "
-                 f"Continue with: {model_kind(self.config.model).command()} --resume {self.out_dir}")
+        self.log(f"interrupted at epoch {epoch + 1}, step {step + 1}; {self._saved_and_resume()}")
         raise KeyboardInterrupt
 
     def stop_after_epoch(self, epoch: int) -> None:
         """Ctrl-C between steps: ``last.pt`` already holds the whole epoch; stop before the next one
         (or, after the last epoch, before the final outputs)."""
-        self.log(f"interrupted after epoch {epoch + 1}; saved {self.out_dir / CHECKPOINT}. "
-                 f"Continue with: {model_kind(self.config.model).command()} --resume {self.out_dir}")
+        self.log(f"interrupted after epoch {epoch + 1}; {self._saved_and_resume()}")
         raise KeyboardInterrupt
+
+    def _saved_and_resume(self) -> str:
+        return (f"saved {self.out_dir / CHECKPOINT}. Continue with: {model_kind(self.config.model).command()} "
+                f"--resume {self.out_dir}")
 
     def reduce_and_check(self, epoch: int, sums: EpochSums) -> dict[str, float]:
         """Epoch means over all ranks; stop the run if any step's outputs were not finite."""

@@ -49,6 +49,13 @@ def copy_run(tmp, fx):
     return {"run": run}
 
 
+def stopped(run):
+    """Make ``run`` look as Ctrl-C or a crash leaves it: best.pt and metrics.json, no model file yet."""
+    (run / "model.safetensors").unlink()
+    (run / "config.json").unlink()
+    return run
+
+
 def damaged(name, content):
     """A copy of the trained run whose ``name`` holds ``content`` (bytes), or is a folder (None)."""
     def setup(tmp, fx):
@@ -257,9 +264,7 @@ def stopped_run_with_moved_data(tmp, fx):
     """A copy of the trained run as Ctrl-C leaves it (no model file), whose data folder has moved."""
     import torch
 
-    run = copy_run(tmp, fx)["run"]
-    (run / "model.safetensors").unlink()
-    (run / "config.json").unlink()
+    run = stopped(copy_run(tmp, fx)["run"])
     best = torch.load(run / "best.pt", weights_only=True)
     best["config"]["data_dir"] = str(tmp / "moved-away")
     torch.save(best, run / "best.pt")
@@ -286,9 +291,7 @@ def test_a_prior_fitted_to_an_exported_model_stays_when_metrics_json_lags_behind
     command export best.pt again (which would drop the prior fitted since)."""
     from cifargen.api import export_best_model
 
-    run = copy_run(tmp_path, {"run": trained_run})["run"]
-    (run / "model.safetensors").unlink()
-    (run / "config.json").unlink()
+    run = stopped(copy_run(tmp_path, {"run": trained_run})["run"])
     assert run_cli(["fit-prior", str(run), "--no-quality"], capsys)[0] == 0
     assert "prior" in json.loads((run / "config.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -317,9 +320,7 @@ def test_a_refused_fit_prior_leaves_the_model_file_as_it_was(trained_run, tmp_pa
 
 
 def test_a_stopped_run_with_a_damaged_metrics_json_is_still_evaluated(trained_run, tmp_path, capsys):
-    run = damaged("metrics.json", b"[]")(tmp_path, {"run": trained_run})["run"]
-    (run / "model.safetensors").unlink()  # stopped before its end: eval exports best.pt
-    (run / "config.json").unlink()
+    run = stopped(damaged("metrics.json", b"[]")(tmp_path, {"run": trained_run})["run"])  # eval exports best.pt
     code, out, err = run_cli(["eval", str(run), "--no-quality", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["rec"] > 0
