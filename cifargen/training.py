@@ -224,7 +224,7 @@ class Trainer:
                 bar.close()
                 self.save_interrupted(epoch, step, sums, generator_before_epoch, logged)
         bar.close()
-        return logged, sums
+        return {**logged, "lr": self.recipe.learning_rate()}, sums
 
     def save_interrupted(self, epoch: int, step: int, sums: EpochSums, generator_before_epoch, logged) -> None:
         """Ctrl-C: save ``last.pt`` with the epoch's progress and stop."""

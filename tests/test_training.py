@@ -43,6 +43,15 @@ def test_acgan_end_to_end(cifar_root, tmp_path, ema_decay):
     assert set(best["models"]) == {"generator", "discriminator"} | averages
 
 
+def test_an_epoch_logs_the_learning_rate_of_its_last_step(cifar_root, tmp_path):
+    # A 2-step warm-up ends inside the 4-step epoch: the epoch logs the full rate, not the warm-up's start.
+    vae = run("vae", cifar_root, tmp_path / "vae", epochs=1, warmup_steps=2, warmup_fraction=1.0)
+    assert [epoch["lr"] for epoch in vae["history"]] == [pytest.approx(5e-4)]
+    # The AC-GAN's rates stay at 2e-4 for the first half of its 8 steps, then fall linearly to 0 at the last.
+    gan = run("acgan", cifar_root, tmp_path / "gan", epochs=2, ema_decay=0.0)
+    assert [epoch["lr"] for epoch in gan["history"]] == [pytest.approx(2e-4), pytest.approx(0.0, abs=1e-12)]
+
+
 def test_resume_matches_uninterrupted_run(cifar_root, tmp_path):
     full = run("vae", cifar_root, tmp_path / "full", epochs=3)
 

@@ -204,9 +204,6 @@ class ACGANRecipe(Recipe):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return flip_and_translate(x, self.config.flip_augment, self.config.translate_augment)
 
-    def start_epoch(self, epoch: int) -> dict[str, float]:
-        return {"lr": self.optimizers["generator"].param_groups[0]["lr"]}
-
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         b = x.shape[0]
         opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]

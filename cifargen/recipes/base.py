@@ -114,8 +114,13 @@ class Recipe:
 
     # --- called by the loop -------------------------------------------------------------
     def start_epoch(self, epoch: int) -> dict[str, float]:
-        """Prepare epoch ``epoch`` (0-based); return values to log for it (lr, KL weight...)."""
+        """Prepare epoch ``epoch`` (0-based); return values to log for it (the KL weight...)."""
         return {}
+
+    def learning_rate(self) -> float:
+        """The learning rate now (of the first optimizer); the loop logs it after an epoch's last step,
+        so an epoch that starts in a warm-up logs the rate it reached."""
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns batch means as detached device tensors (never ``.item()``)."""

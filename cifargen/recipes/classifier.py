@@ -90,9 +90,6 @@ class ClassifierRecipe(Recipe):
     def export_model(self):
         return self.model
 
-    def start_epoch(self, epoch: int) -> dict[str, float]:
-        return {"lr": self.optimizer.param_groups[0]["lr"]}
-
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         x = flip_and_translate(x, flip=True, max_shift=self.config.translate_augment)
         with autocast(self.device, self.autocast_dtype):

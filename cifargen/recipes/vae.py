@@ -79,7 +79,7 @@ class VAERecipe(Recipe):
 
     def start_epoch(self, epoch: int) -> dict[str, float]:
         self.kl_weight = self.config.kl.weight(epoch, self.config.epochs)
-        return {"kl_weight": self.kl_weight, "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"kl_weight": self.kl_weight}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.autocast_dtype):
