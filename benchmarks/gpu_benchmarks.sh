@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_benchmarks.sh ttq MODEL DATA_SRC OUT SECONDS [FLAGS...]
 #                                                             # the default run of MODEL, stopped after SECONDS;
 #                                                             # prints when it reached the quality target
+#   bash benchmarks/gpu_benchmarks.sh probes DATA_SRC OUT SECONDS "FLAGS A" "FLAGS B" ...
+#                                                             # AC-GAN runs side by side, one per quoted set of
+#                                                             # flags, each stopped after SECONDS
 #
 # DATA_SRC is either a folder holding cifar-10-batches-py/ or one holding the local JPEG copy
 # (cifar10-jpeg.tar.gz, order.json, build.py), which is built into /tmp/cifar10 first: the
@@ -53,8 +56,29 @@ ttq)
     cp "${TMPDIR:-/tmp}/run_$model/metrics.json" "$out/metrics_${model}_gpu.json"
     python3 benchmarks/time_to_quality.py "${TMPDIR:-/tmp}/run_$model"
     ;;
+probes)
+    src=${1:?DATA_SRC}; out=${2:?OUT}; seconds=${3:?SECONDS}
+    shift 3
+    [ "$#" -gt 0 ] || { echo "probes: give at least one quoted set of flags" >&2; exit 2; }
+    mkdir -p "$out"
+    prepare "$src"
+    i=0
+    for flags in "$@"; do
+        i=$((i + 1))
+        echo "probe $i: $flags" | tee "$out/probe_$i.flags"
+        # shellcheck disable=SC2086  # each probe's flags are split into words on purpose
+        timeout --signal=INT -k 120 "$seconds" python3 -m cifargen train acgan --data-dir "$DATA" \
+            --out "${TMPDIR:-/tmp}/probe_$i" --overwrite --no-progress $flags > "$out/probe_$i.log" 2>&1 &
+    done
+    wait || true  # a probe stopped by the timeout exits non-zero; metrics.json holds its finished epochs
+    for j in $(seq 1 "$i"); do
+        cp "${TMPDIR:-/tmp}/probe_$j/metrics.json" "$out/metrics_probe_$j.json" || echo "probe $j left no metrics.json"
+        python3 -c "import json, sys; m = json.load(open(sys.argv[1])); print('probe', sys.argv[2], 'best', m['best'],
+            'at epoch', m['best_epoch'], 'of', m['epochs_completed'])" "$out/metrics_probe_$j.json" "$j" || true
+    done
+    ;;
 *)
-    echo "unknown mode $mode: use bench or ttq" >&2
+    echo "unknown mode $mode: use bench, ttq or probes" >&2
     exit 2
     ;;
 esac

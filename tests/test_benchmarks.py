@@ -182,3 +182,34 @@ def test_average_update_counts_every_weight_and_buffer_of_both_networks(capsys):
     expected = sum(t.numel() for t in (*gan.parameters(), *gan.buffers()))
     assert f"({expected:,} values," in out
     assert "% of the step" in out
+
+
+def run_gpu_benchmarks(*args, tmp_path):
+    """benchmarks/gpu_benchmarks.sh with this interpreter first on PATH and scratch folders in tmp_path."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_benchmarks.sh"
+    return subprocess.run(["bash", str(script), *args], cwd=script.parents[1], env=env, capture_output=True, text=True)
+
+
+def test_gpu_benchmarks_probes_runs_each_set_of_flags_and_keeps_its_metrics(cifar_root, tmp_path):
+    import json
+
+    tiny = "--epochs 1 --limit-train 64 --limit-test 20 --no-quality --set arch.width=8 --set arch.d_width=8"
+    out = tmp_path / "out"
+    done = run_gpu_benchmarks("probes", str(cifar_root), str(out), "300", tiny, f"{tiny} --set cutout=8",
+                              tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads((out / f"metrics_probe_{i}.json").read_text()) for i in (1, 2))
+    assert (first["config"]["cutout"], second["config"]["cutout"]) == (0, 8)
+    assert first["epochs_completed"] == second["epochs_completed"] == 1
+    assert (out / "probe_2.flags").read_text().strip() == f"probe 2: {tiny} --set cutout=8"
+    assert "probe 2 best" in done.stdout
+
+
+def test_gpu_benchmarks_probes_without_flags_says_what_to_give(tmp_path):
+    done = run_gpu_benchmarks("probes", str(tmp_path), str(tmp_path / "out"), "60", tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "at least one quoted set of flags" in done.stderr

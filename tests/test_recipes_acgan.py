@@ -288,3 +288,42 @@ def test_average_update_matches_torchs_averaged_model():
         torchs.update_parameters(net)
     assert all(torch.equal(v, torchs.state_dict()[k]) for k, v in ours.state_dict().items())
     assert int(ours.n_averaged) == 3 and ours.n_averaged.device.type == "cpu"
+
+
+def test_discriminator_weight_decay_shrinks_its_weights_but_not_its_norms_and_biases():
+    """With every gradient 0, Adam moves nothing and AdamW multiplies each decayed weight by
+    1 - lr * decay (by hand); the generator's optimizer never decays."""
+    config = default_config("acgan", d_weight_decay=0.5, lr=1e-2, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    before = {name: p.detach().clone() for name, p in recipe.discriminator.named_parameters()}
+    for module in recipe.modules.values():
+        for p in module.parameters():
+            p.grad = torch.zeros_like(p)
+    g_before = [p.detach().clone() for p in recipe.generator.parameters()]
+    for optimizer in recipe.optimizers.values():
+        optimizer.step()
+    for name, p in recipe.discriminator.named_parameters():
+        factor = 1 - 1e-2 * 0.5 if p.ndim > 1 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+    assert all(torch.equal(a, b) for a, b in zip(g_before, recipe.generator.parameters()))
+    plain = ACGANRecipe(default_config("acgan", progress=False), tuple("abcdefghij"), torch.device("cpu"), None,
+                        steps_per_epoch=10)
+    assert type(plain.optimizers["discriminator"]) is torch.optim.Adam
+    with pytest.raises(ConfigError, match="d_weight_decay"):
+        default_config("acgan", d_weight_decay=-1e-4).validate()
+
+
+def test_cutout_reaches_every_discriminator_input(monkeypatch):
+    from cifargen import augment
+    from cifargen.recipes import acgan
+    sizes = []
+    monkeypatch.setattr(acgan, "flip_and_translate",
+                        lambda x, flip, shift, cutout: sizes.append((x.shape[0], cutout)) or augment.flip_and_translate(
+                            x, flip, shift, cutout))
+    config = default_config("acgan", cutout=16, progress=False)
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    out = recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
+    assert sizes == [(8, 16), (4, 16)] and all(torch.isfinite(v) for v in out.values())  # D's step, then G's
+    for bad in (-1, 33):
+        with pytest.raises(ConfigError, match="cutout"):
+            default_config("acgan", cutout=bad).validate()

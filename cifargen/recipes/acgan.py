@@ -40,11 +40,13 @@ class ACGANTrainConfig(TrainConfig):
     batch_size: int = 64
     lr: float = 2e-4               # the generator's (and the discriminator's unless d_lr is set)
     d_lr: float | None = None      # the discriminator's learning rate (None: lr)
+    d_weight_decay: float = 0.0    # decoupled weight decay of D's weights, not its norms and biases (AdamW; 0: Adam)
     betas: tuple[float, float] = (0.5, 0.999)
     arch: ACGANConfig = field(default_factory=ACGANConfig)
     label_smoothing: float = 0.0   # one-sided: real target 1 - label_smoothing
     flip_augment: bool = True      # random horizontal flips of the discriminator's inputs
     translate_augment: int = 4     # random shifts of up to this many pixels (zero fill); 0 turns it off
+    cutout: int = 0                # DiffAugment's cutout: a random square of this many pixels zeroed (0: off)
     lr_decay_from: float = 0.5     # both learning rates fall linearly to 0 from this fraction of the run (1: constant)
     # MSGAN's mode-seeking weight: two latents of one class must not render the same image (0: off).
     mode_seeking: float = 2.5
@@ -77,6 +79,11 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"class_label_smoothing must be in [0, 1), got {self.class_label_smoothing}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
             raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_LOSSES)}, got {self.adversarial!r}")
+        if not 0 <= self.cutout <= self.image_size:
+            raise ConfigError(f"cutout is a square's side in pixels, from 0 (off) to the image size "
+                              f"{self.image_size}, got {self.cutout}")
+        if self.d_weight_decay < 0:
+            raise ConfigError(f"d_weight_decay must be >= 0, got {self.d_weight_decay}")
         if self.consistency < 0:
             raise ConfigError(f"consistency must be >= 0, got {self.consistency}")
         if not 0 <= self.ema_decay < 1:
@@ -152,8 +159,7 @@ class ACGANRecipe(Recipe):
         fused = device.type in ("cuda", "cpu")
         self.optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas, fused=fused),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.d_lr or config.lr,
-                                              betas=config.betas, fused=fused),
+            "discriminator": self._discriminator_optimizer(config, fused),
         }
         # Per step, so the decay is smooth.
         if config.lr_decay_from < 1:
@@ -172,6 +178,16 @@ class ACGANRecipe(Recipe):
         fixed = torch.Generator().manual_seed(config.seed + 1)
         self.fixed_z = torch.randn(NUM_FIXED_SAMPLES, arch.latent_dim, generator=fixed)
         self.fixed_classes = torch.randint(arch.num_classes, (NUM_FIXED_SAMPLES,), generator=fixed)
+
+    def _discriminator_optimizer(self, config: ACGANTrainConfig, fused: bool) -> torch.optim.Optimizer:
+        """Adam, or AdamW with ``d_weight_decay`` on the weights (norm scales and biases keep none)."""
+        lr = config.d_lr or config.lr
+        if not config.d_weight_decay:
+            return torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=config.betas, fused=fused)
+        parameters = list(self.discriminator.parameters())
+        groups = [{"params": [p for p in parameters if p.ndim > 1], "weight_decay": config.d_weight_decay},
+                  {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=config.betas, fused=fused)
 
     def export_model(self):
         """The GAN whose weights are the moving averages when they are kept, else the trained ones."""
@@ -202,7 +218,7 @@ class ACGANRecipe(Recipe):
             average.load_state_dict(state[f"{name}_average"])
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return flip_and_translate(x, self.config.flip_augment, self.config.translate_augment)
+        return flip_and_translate(x, self.config.flip_augment, self.config.translate_augment, self.config.cutout)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         b = x.shape[0]
