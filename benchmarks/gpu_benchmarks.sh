@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/RESULTS.md (throughput, per-operator profiles, time to quality of the
-# default runs) in a few commands, on a GPU machine that may have no network access.
+# default runs, AC-GAN probes side by side) in a few commands, on a GPU machine that may have no
+# network access.
 #
 #   bash benchmarks/gpu_benchmarks.sh bench DATA_SRC OUT      # throughput (full) + VAE/AC-GAN profiles, ~5 min
 #   bash benchmarks/gpu_benchmarks.sh ttq MODEL DATA_SRC OUT SECONDS [FLAGS...]
@@ -11,19 +12,19 @@
 #                                                             # flags, each stopped after SECONDS
 #
 # DATA_SRC is either a folder holding cifar-10-batches-py/ or one holding the local JPEG copy
-# (cifar10-jpeg.tar.gz, order.json, build.py), which is built into /tmp/cifar10 first: the
+# (cifar10-jpeg.tar.gz, order.json, build.py), which is built into $TMPDIR/cifar10 (default /tmp/cifar10) first: the
 # official archive (178 MB) is much larger to copy onto the machine than the JPEG copy (19 MB).
 # Files for results/ are written into OUT.
 set -euo pipefail
 
-mode=${1:?usage: gpu_benchmarks.sh bench|ttq ...}
+mode=${1:?usage: gpu_benchmarks.sh bench|ttq|probes ...}
 shift
 
 prepare() {  # cifargen from this checkout on the machine's own torch (no install step), then the data
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     local src=$1
     if [ -d "$src/cifar-10-batches-py" ]; then DATA=$src; return; fi
-    DATA=/tmp/cifar10
+    DATA=${TMPDIR:-/tmp}/cifar10
     [ -d "$DATA/cifar-10-batches-py" ] || python3 "$src/build.py" --out "$DATA" >/dev/null
 }
 

@@ -96,8 +96,10 @@ def _add_training_flags(parser: argparse.ArgumentParser, out_help: str, models=N
     _setting_flag(parser, "--epochs", "epochs", "training epochs", models, type=_positive_int)
     _setting_flag(parser, "--batch-size", "batch_size", "images per step and per process", models, type=_positive_int)
     _setting_flag(parser, "--lr", "lr", "learning rate", models, type=_positive_float)
-    _setting_flag(parser, "--width", "arch.width", "channels of the first convolution, doubled at each down-sampling",
-                  models, type=_positive_int)
+    width_help = "channels of the first convolution, doubled at each down-sampling"
+    if models is None or "acgan" in models:
+        width_help += " (AC-GAN: the generator's; --set arch.d_width sets the discriminator's)"
+    _setting_flag(parser, "--width", "arch.width", width_help, models, type=_positive_int)
     _setting_flag(parser, "--data-dir", "data_dir", "folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
                   "(downloaded there if the folder is empty or absent), or a folder of your images: root/<class>/<images>, "
                   f"optionally under train/ and test/ (default: ${DATA_DIR_ENV} or ./data)")
