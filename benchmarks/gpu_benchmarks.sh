@@ -12,8 +12,9 @@
 #                                                             # flags, each stopped after SECONDS
 #
 # DATA_SRC is either a folder holding cifar-10-batches-py/ or one holding the local JPEG copy
-# (cifar10-jpeg.tar.gz, order.json, build.py), which is built into $TMPDIR/cifar10 (default /tmp/cifar10) first: the
-# official archive (178 MB) is much larger to copy onto the machine than the JPEG copy (19 MB).
+# (cifar10-jpeg.tar.gz, order.json, build.py), which is built into $TMPDIR/cifar10 (default
+# /tmp/cifar10) first: the official archive (178 MB) is much larger to copy onto the machine
+# than the JPEG copy (19 MB).
 # Files for results/ are written into OUT.
 set -euo pipefail
 
