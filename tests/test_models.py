@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -126,6 +127,52 @@ def test_acgan_generator_is_the_decoder_with_leaky_relu():
     assert not any(isinstance(m, nn.ReLU) for m in gan.generator.modules())
     assert isinstance(list(gan.generator.modules())[-1], nn.Sigmoid)
     assert any(isinstance(m, nn.Embedding) for m in gan.generator.modules())
+
+
+def test_class_batch_norm_matches_numpy():
+    """Batch statistics over (N, H, W), shared by the classes; then each image's class's scale and shift."""
+    from cifargen.models.acgan import ClassBatchNorm
+
+    torch.manual_seed(0)
+    norm = ClassBatchNorm(3, num_classes=4).train()
+    with torch.no_grad():
+        norm.scale.weight.normal_()
+        norm.shift.weight.normal_()
+    x, y = torch.randn(6, 3, 5, 5) * 2 + 1, torch.tensor([0, 3, 3, 1, 2, 0])
+    out = norm(x, y).detach().double().numpy()
+    xs = x.double().numpy()
+    mean, var = xs.mean((0, 2, 3), keepdims=True), xs.var((0, 2, 3), keepdims=True)  # biased, as in training
+    scale, shift = norm.scale.weight.detach().double().numpy(), norm.shift.weight.detach().double().numpy()
+    expected = (xs - mean) / np.sqrt(var + 1e-5) * scale[y.numpy(), :, None, None] + shift[y.numpy(), :, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    # It starts as the batch norm it replaces, scale 1 and shift 0 for every class.
+    fresh, plain = ClassBatchNorm(3, num_classes=4), nn.BatchNorm2d(3)
+    assert torch.allclose(fresh(x, y), plain(x), atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fresh(x.bfloat16(), y).dtype == torch.bfloat16  # the per-class affine keeps the activation's dtype
+
+
+def test_class_norm_generator_conditions_every_up_block_and_runs_in_eval():
+    from cifargen.models.acgan import ClassBatchNorm
+
+    gan = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16, class_norm=True))
+    norms = [m for m in gan.generator.modules() if isinstance(m, ClassBatchNorm)]
+    assert len(norms) == count_upsamplers(gan.generator) >= 2
+    assert not any(isinstance(m, nn.BatchNorm2d) and m.affine for m in gan.generator.modules())
+    with torch.no_grad():  # a class whose shift is large renders differently from the same z with another class
+        for norm in norms:
+            norm.shift.weight[1] += 3.0
+    gan.eval()
+    z = torch.randn(1, 16)
+    a = gan.decode(z, torch.tensor([0]))
+    b = gan.decode(z, torch.tensor([1]))
+    assert a.shape == (1, 3, 32, 32) and (a - b).abs().max() > 0.05
+    images, classes = gan.generate(5, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (5, 3, 32, 32) and torch.isfinite(images).all()
+    # Without it, the generator is the layout earlier model files hold.
+    plain = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16))
+    assert not any(isinstance(m, ClassBatchNorm) for m in plain.modules())
+    assert "upsample.0.1.weight" in plain.generator.state_dict()
 
 
 def test_acgan_discriminator_heads():

@@ -6,6 +6,7 @@ import torch
 
 from cifargen import default_config
 from cifargen.errors import ConfigError
+from cifargen.models import ACGAN
 from cifargen.recipes.acgan import ACGANRecipe
 
 
@@ -25,6 +26,43 @@ def test_acgan_step_updates_both_networks():
         changed = any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters()))
         assert changed, f"{name} did not change"
     assert all(p.requires_grad for p in recipe.discriminator.parameters())
+
+
+def test_class_norm_step_trains_the_per_class_affine_and_resumes_with_its_average():
+    from cifargen.models.acgan import ClassBatchNorm
+
+    torch.manual_seed(0)
+    config = default_config("acgan", ema_decay=0.5, progress=False)
+    config.arch.class_norm = True
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    norm = next(m for m in recipe.generator.modules() if isinstance(m, ClassBatchNorm))
+    scale, mean = norm.scale.weight.detach().clone(), norm.norm.running_mean.clone()
+    y = torch.randint(10, (8,))
+    for _ in range(2):
+        recipe.train_step(torch.rand(8, 3, 32, 32), y)
+        recipe.after_step()
+    assert not torch.equal(scale, norm.scale.weight) and not torch.equal(mean, norm.norm.running_mean)
+    fresh = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    fresh.load_state_dict(recipe.state_dict())
+    assert torch.equal(fresh.render_fixed(), recipe.render_fixed())  # the averaged generator, per-class affine included
+
+
+def test_twin_head_is_averaged_checkpointed_and_exported():
+    torch.manual_seed(0)
+    config = default_config("acgan", ema_decay=0.5, twin_class_weight=0.5, progress=False)
+    config.arch.twin_class_head = True
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    before = [p.detach().clone() for p in recipe.discriminator.twin_head.parameters()]
+    for _ in range(2):
+        recipe.train_step(torch.rand(8, 3, 32, 32), torch.randint(10, (8,)))
+        recipe.after_step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, recipe.discriminator.twin_head.parameters()))
+    fresh = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    fresh.load_state_dict(recipe.state_dict())
+    exported = recipe.export_model()
+    averaged = recipe.averages["discriminator"].module.twin_head.state_dict()
+    for key, value in exported.discriminator.twin_head.state_dict().items():
+        assert torch.equal(value, averaged[key]) and torch.equal(value, fresh.export_model().discriminator.twin_head.state_dict()[key])
 
 
 def test_acgan_fixed_latents_stay_fixed():
@@ -327,3 +365,51 @@ def test_cutout_reaches_every_discriminator_input(monkeypatch):
     for bad in (-1, 33):
         with pytest.raises(ConfigError, match="cutout"):
             default_config("acgan", cutout=bad).validate()
+
+
+def test_twin_class_head_trains_apart_from_the_trunk_and_passes_the_generators_gradient():
+    """TAC-GAN's twin head: detached, its loss reaches the twin head and nothing else; attached (the
+    generator's step), its gradient reaches the images."""
+    torch.manual_seed(0)
+    disc = ACGAN(d_width=8, width=8, twin_class_head=True).discriminator
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    adv, cls, twin = disc(x, twin="detached")
+    assert adv.shape == (4,) and cls.shape == twin.shape == (4, 10)
+    twin.sum().backward()
+    assert all(p.grad is not None for p in disc.twin_head.parameters())
+    assert all(p.grad is None for name, p in disc.named_parameters() if not name.startswith("twin_head"))
+    assert x.grad is None
+    _, _, twin = disc(x, twin="attached")
+    twin.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # the twin head has the class head's shape, and a discriminator without it keeps the earlier layout
+    assert [p.shape for p in disc.twin_head.parameters()] == [p.shape for p in disc.class_head.parameters()]
+    plain = ACGAN(d_width=8, width=8).discriminator
+    assert plain.twin_head is None and not any(k.startswith("twin_head") for k in plain.state_dict())
+    with pytest.raises(ConfigError, match="twin class head"):
+        plain(x, twin="attached")
+
+
+@pytest.mark.parametrize("twin_weight", [0.0, 0.5])
+def test_twin_class_weight_subtracts_the_twin_heads_loss_from_the_generators(monkeypatch, twin_weight):
+    """With the loss terms replaced by constants that keep the graph (real/fake 1; class losses in
+    the order the step computes them: D's class head on real images 2, its twin head on generated
+    ones 3, G's class head 2, G's twin head 3): G's loss is by hand 1 + 2 - twin_weight * 3, D's
+    1 + 1 + 10 * 2 + 3."""
+    from cifargen.recipes import acgan
+    calls = []
+    values = [2.0, 3.0, 2.0, 3.0]
+    monkeypatch.setattr(acgan, "adversarial_loss", lambda logits, *args: logits.float().sum() * 0 + 1.0)
+    monkeypatch.setattr(acgan, "auxiliary_loss", lambda logits, y, *args:
+                        calls.append(len(y)) or logits.float().sum() * 0 + values[len(calls) - 1])
+    config = default_config("acgan", twin_class_weight=twin_weight, mode_seeking=0.0, progress=False)
+    config.arch.twin_class_head = True
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    out = recipe.train_step(torch.rand(4, 3, 32, 32), torch.randint(10, (4,)))
+    assert calls == [4, 4, 4, 4] if twin_weight else calls == [4, 4, 4]  # without the weight, G skips the twin term
+    assert out["g_loss"].item() == pytest.approx(1.0 + 2.0 - twin_weight * 3.0)
+    assert out["d_loss"].item() == pytest.approx(22.0 + 3.0)
+    with pytest.raises(ConfigError, match="twin_class_head=true"):
+        default_config("acgan", twin_class_weight=0.5).validate()
+    with pytest.raises(ConfigError, match="twin_class_weight"):
+        default_config("acgan", twin_class_weight=-1.0).validate()

@@ -44,6 +44,8 @@ class ACGANConfig:
     trunk: str = "plain"       # discriminator: plain (two convolutions per level) or residual (a residual block, then the strided one)
     class_pool: bool = False   # discriminator: the class head reads the trunk's features averaged over positions (else all of them)
     class_hidden: int = 512    # discriminator: hidden units of a two-layer class head (0: one linear layer)
+    class_norm: bool = False   # generator: batch norms scale and shift by class (ClassBatchNorm)
+    twin_class_head: bool = False  # discriminator: a second class head, for generated images (TAC-GAN)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -76,13 +78,50 @@ class ACGANConfig:
         return asdict(self)
 
 
+class ClassBatchNorm(nn.Module):
+    """Conditional batch norm (de Vries et al. 2017; BigGAN's generator): the statistics are the
+    batch's, shared by all classes; the scale and shift that follow are looked up by class.
+
+    Starts as ``nn.BatchNorm2d`` starts (scale 1, shift 0 for every class), so it first computes
+    what the layer it replaces computes.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.scale = nn.Embedding(num_classes, channels)
+        self.shift = nn.Embedding(num_classes, channels)
+        nn.init.ones_(self.scale.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        # In h's dtype: a float32 scale would promote a bfloat16 activation and every layer after it.
+        return h * self.scale(y).to(h.dtype)[:, :, None, None] + self.shift(y).to(h.dtype)[:, :, None, None]
+
+
 class Generator(Decoder):
-    """The VAE decoder with LeakyReLU, conditioned on the class: ``generator(z, y)`` -> images in [0, 1]."""
+    """The VAE decoder with LeakyReLU, conditioned on the class: ``generator(z, y)`` -> images in [0, 1].
+
+    The class embedding joins z at the input; with ``class_norm`` every up-sampling block's batch
+    norm also takes its scale and shift from the class (:class:`ClassBatchNorm`).
+    """
 
     def __init__(self, config: ACGANConfig):
         super().__init__(config.decoder_config(), activation=leaky_relu)
         self.latent_dim = config.latent_dim
         self.num_classes = config.num_classes
+        if config.class_norm:
+            for block in self.upsample:  # each a Sequential: convolution, batch norm, activation
+                for index, layer in enumerate(block):
+                    if isinstance(layer, nn.BatchNorm2d):
+                        block[index] = ClassBatchNorm(layer.num_features, config.num_classes)
+
+    def expand(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        for block in self.upsample:
+            for layer in block:
+                h = layer(h, y) if isinstance(layer, ClassBatchNorm) else layer(h)
+        return h
 
 
 class ResidualBlock(nn.Module):
@@ -107,7 +146,9 @@ class Discriminator(nn.Module):
     place of the first. Every convolution but the first is followed by the normalisation
     (``norm``) and LeakyReLU, every resolution by dropout (``layers.Dropout``: nn.Dropout's
     distribution, a faster mask; the identity at the default ``dropout=0``). The class head is one
-    linear layer, or two with a LeakyReLU between them when ``class_hidden`` > 0.
+    linear layer, or two with a LeakyReLU between them when ``class_hidden`` > 0. With
+    ``twin_class_head``, a second head of the same shape (TAC-GAN's twin classifier, Gong et al.
+    2019) reads the same features and learns the classes of generated images.
     """
 
     def __init__(self, config: ACGANConfig):
@@ -131,16 +172,32 @@ class Discriminator(nn.Module):
         self.class_pool = config.class_pool
         self.adv_head = wrap(nn.Linear(features, 1))
         class_inputs = c if config.class_pool else features
-        if config.class_hidden:  # capacity for the classes alone, at the cost of one small matrix product
-            self.class_head = nn.Sequential(nn.Linear(class_inputs, config.class_hidden), nn.LeakyReLU(0.2),
-                                            nn.Linear(config.class_hidden, config.num_classes))
-        else:
-            self.class_head = nn.Linear(class_inputs, config.num_classes)
+        self.class_head = class_head(class_inputs, config.class_hidden, config.num_classes)
+        self.twin_head = (class_head(class_inputs, config.class_hidden, config.num_classes)
+                          if config.twin_class_head else None)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, twin: str | None = None) -> tuple[torch.Tensor, ...]:
+        """``(adv_logit, class_logits)``; with ``twin``, also the twin head's class logits, from the
+        trunk's features cut from the graph (``"detached"``: its loss trains the twin head alone) or
+        not (``"attached"``: the generator's step, whose gradient must reach the images)."""
         h = self.trunk(x)
         flat = self.flatten(h)
-        return self.adv_head(flat).squeeze(1), self.class_head(h.mean((2, 3)) if self.class_pool else flat)
+        class_features = h.mean((2, 3)) if self.class_pool else flat
+        adv, classes = self.adv_head(flat).squeeze(1), self.class_head(class_features)
+        if twin is None:
+            return adv, classes
+        if self.twin_head is None:
+            raise ConfigError("this discriminator has no twin class head: build it with twin_class_head=True")
+        if twin not in ("detached", "attached"):
+            raise ValueError(f"twin must be 'detached' or 'attached', got {twin!r}")
+        return adv, classes, self.twin_head(class_features.detach() if twin == "detached" else class_features)
+
+
+def class_head(inputs: int, hidden: int, num_classes: int) -> nn.Module:
+    """One linear layer, or two with a LeakyReLU between them when ``hidden`` > 0."""
+    if hidden:  # capacity for the classes alone, at the cost of one small matrix product
+        return nn.Sequential(nn.Linear(inputs, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, num_classes))
+    return nn.Linear(inputs, num_classes)
 
 
 class ACGAN(nn.Module):

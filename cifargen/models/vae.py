@@ -162,8 +162,13 @@ class Decoder(nn.Module):
             if y is None:
                 raise ValueError("a conditional decoder needs the class labels y")
             z = torch.cat([z, self.class_embedding(y).to(z.dtype)], dim=1)
-        out = self.to_logits(self.upsample(self.project(z)))  # in the layout Unflatten chose
+        out = self.to_logits(self.expand(self.project(z), y))  # in the layout Unflatten chose
         return out if logits else self.output_activation(out)
+
+    def expand(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The up-sampling path from the projected code; ``y`` is for subclasses whose layers
+        are conditioned on the class."""
+        return self.upsample(h)
 
 
 class VAEOutput(NamedTuple):

@@ -53,6 +53,9 @@ class ACGANTrainConfig(TrainConfig):
     real_class_weight: float = 10.0  # weight of D's class loss on real images
     fake_class_weight: float = 0.0  # weight of D's class loss on generated images (0: D learns classes from real ones only)
     generator_class_weight: float = 1.0  # weight of G's class loss (0: G is not asked to look like its class)
+    # TAC-GAN's twin term (needs arch.twin_class_head): G's loss subtracts this times the twin
+    # head's class loss on its samples, undoing part of the class loss's pull to the most typical image.
+    twin_class_weight: float = 0.0
     # Label smoothing of D's class loss (0: hard labels); G's class loss keeps hard labels.
     class_label_smoothing: float = 0.1
     adversarial: str = "bce"       # the real/fake loss: bce (non-saturating) or hinge
@@ -75,6 +78,11 @@ class ACGANTrainConfig(TrainConfig):
             raise ConfigError(f"fake_class_weight must be >= 0, got {self.fake_class_weight}")
         if self.generator_class_weight < 0:
             raise ConfigError(f"generator_class_weight must be >= 0, got {self.generator_class_weight}")
+        if self.twin_class_weight < 0:
+            raise ConfigError(f"twin_class_weight must be >= 0, got {self.twin_class_weight}")
+        if self.twin_class_weight > 0 and not self.arch.twin_class_head:
+            raise ConfigError("twin_class_weight needs the discriminator's twin class head: "
+                              "add --set arch.twin_class_head=true")
         if not 0 <= self.class_label_smoothing < 1:
             raise ConfigError(f"class_label_smoothing must be in [0, 1), got {self.class_label_smoothing}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
@@ -234,8 +242,10 @@ class ACGANRecipe(Recipe):
         # fake_class_weight > 0); one pass over both (and over a second augmentation of the real
         # images, for the consistency term).
         views = [x, fake.detach(), x] if self.config.consistency > 0 else [x, fake.detach()]
+        twin = self.gan.config.twin_class_head
         with autocast(self.device, self.autocast_dtype):
-            adv, cls = self.step_discriminator(self._augment(torch.cat(views)))
+            adv, cls, *twin_cls = self.step_discriminator(self._augment(torch.cat(views)),
+                                                          twin="detached" if twin else None)
         if self.config.adversarial == "hinge":
             d_adv = hinge_discriminator_loss(adv[:b], adv[b:2 * b])
         else:
@@ -245,6 +255,8 @@ class ACGANRecipe(Recipe):
         if self.config.fake_class_weight > 0:
             d_aux = d_aux + self.config.fake_class_weight * auxiliary_loss(cls[b:2 * b], y_fake, smoothing)
         d_loss = d_adv + d_aux
+        if twin:  # the twin head learns the classes of generated images; the trunk is not taught them
+            d_loss = d_loss + auxiliary_loss(twin_cls[0][b:2 * b], y_fake)
         if self.config.consistency > 0:
             d_loss = d_loss + self.config.consistency * consistency_loss(adv[:b], cls[:b], adv[2 * b:], cls[2 * b:])
         opt_d.zero_grad(set_to_none=True)
@@ -256,9 +268,11 @@ class ACGANRecipe(Recipe):
         # it is called unwrapped: under DDP only the generator's gradients are synchronised.
         self.discriminator.requires_grad_(False)
         with autocast(self.device, self.autocast_dtype), frozen_running_stats(self.discriminator):
-            adv_g, cls_g = self.discriminator(self._augment(fake))
+            adv_g, cls_g, *twin_g = self.discriminator(self._augment(fake), twin="attached" if twin else None)
         g_adv = hinge_generator_loss(adv_g) if self.config.adversarial == "hinge" else adversarial_loss(adv_g, True)
         g_loss = g_adv + self.config.generator_class_weight * auxiliary_loss(cls_g, y_fake)
+        if self.config.twin_class_weight > 0:
+            g_loss = g_loss - self.config.twin_class_weight * auxiliary_loss(twin_g[0], y_fake)
         if self.config.mode_seeking > 0:
             g_loss = g_loss + self.config.mode_seeking * mode_seeking_loss(fake, z)
         opt_g.zero_grad(set_to_none=True)
