@@ -81,8 +81,8 @@ class ACGANTrainConfig(TrainConfig):
         if self.twin_class_weight < 0:
             raise ConfigError(f"twin_class_weight must be >= 0, got {self.twin_class_weight}")
         if self.twin_class_weight > 0 and not self.arch.twin_class_head:
-            raise ConfigError("twin_class_weight needs the discriminator's twin class head: "
-                              "add --set arch.twin_class_head=true")
+            raise ConfigError(f"twin_class_weight {self.twin_class_weight} needs the discriminator's twin class "
+                              "head: add --set arch.twin_class_head=true, or set --set twin_class_weight=0")
         if not 0 <= self.class_label_smoothing < 1:
             raise ConfigError(f"class_label_smoothing must be in [0, 1), got {self.class_label_smoothing}")
         if self.adversarial not in ADVERSARIAL_LOSSES:
