@@ -215,3 +215,53 @@ def test_log_variance_bound_cuts_the_forward_pass_only():
     assert torch.equal(bounded.detach(), expected)  # bit for bit below the bound
     bounded.sum().backward()
     assert torch.equal(raw.grad, torch.ones(6))  # the gradient of the identity, so cut values can come back
+
+
+def test_minibatch_std_matches_numpy_per_group():
+    """Each image's figure is the mean over features of the population standard deviation of its
+    group of consecutive images (NumPy's std, ddof=0), and groups stay inside their part."""
+    from cifargen.models.acgan import MinibatchStd
+
+    features = torch.randn(24, 5, 2, 2, dtype=torch.float64)
+    layer = MinibatchStd(4)
+    x = features.numpy().reshape(24, -1)
+    # one part of 24: groups of 4
+    expected = np.repeat([np.sqrt(x[i:i + 4].var(axis=0) + 1e-8).mean() for i in range(0, 24, 4)], 4)
+    np.testing.assert_allclose(layer(features).squeeze(1).numpy(), expected, rtol=1e-6)
+    # three parts of 8, as a discriminator pass over real, generated and real images: groups of 4,
+    # computed part by part, so changing one part leaves the others' figures alone
+    parts = layer(features, segments=3)
+    changed = features.clone()
+    changed[8:16] *= 3
+    after = layer(changed, segments=3)
+    assert torch.equal(parts[:8], after[:8]) and torch.equal(parts[16:], after[16:]) and not torch.equal(parts[8:16], after[8:16])
+    # parts of 6 take groups of 3 (the largest size up to 4 that divides 6), never crossing a part
+    assert layer.groups_for(6) == 3 and layer.groups_for(8) == 4 and layer.groups_for(5) == 1
+    expected = np.repeat([np.sqrt(x[i:i + 3].var(axis=0) + 1e-8).mean() for i in range(0, 12, 3)], 3)
+    np.testing.assert_allclose(layer(features[:12], segments=2).squeeze(1).numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="equal parts"):
+        layer(features[:10], segments=3)
+
+
+def test_minibatch_std_reaches_the_real_fake_head_only():
+    """With the option, an image's real/fake logit depends on its group, its class logits do not;
+    without it, the discriminator keeps its earlier layout."""
+    torch.manual_seed(0)
+    disc = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16, minibatch_std=4)).discriminator.eval()
+    plain = ACGAN(ACGANConfig(width=8, d_width=8, latent_dim=16)).discriminator
+    assert disc.adv_head.in_features == plain.adv_head.in_features + 1 and plain.minibatch_std is None
+    x = torch.rand(8, 3, 32, 32)
+    adv, cls = disc(x)
+    other = x.clone()
+    other[1:4] = torch.rand(3, 3, 32, 32)  # image 0's group mates
+    adv_other, cls_other = disc(other)
+    assert torch.allclose(cls_other[0], cls[0], atol=1e-6) and not torch.allclose(adv_other[0], adv[0])
+    assert torch.equal(adv_other[4:], adv[4:])  # the second group is untouched
+    # the figure is what the extra weight of the head reads: a group of four copies has figure ~0
+    copies = x[:1].expand(4, -1, -1, -1)
+    flat = disc.flatten(disc.trunk(copies))
+    expected = disc.adv_head(torch.cat([flat, torch.full((4, 1), 1e-4)], 1)).squeeze(1)
+    assert torch.allclose(disc(copies)[0], expected, atol=1e-5)
+    for bad in (1, -2):
+        with pytest.raises(Exception, match="minibatch_std"):
+            ACGANConfig(minibatch_std=bad)

@@ -413,3 +413,31 @@ def test_twin_class_weight_subtracts_the_twin_heads_loss_from_the_generators(mon
         default_config("acgan", twin_class_weight=0.5).validate()
     with pytest.raises(ConfigError, match="twin_class_weight"):
         default_config("acgan", twin_class_weight=-1.0).validate()
+
+
+@pytest.mark.parametrize("consistency, parts", [(0.0, 2), (1.0, 3)])
+def test_minibatch_std_step_keeps_real_and_generated_images_apart_and_saves(monkeypatch, tmp_path, consistency, parts):
+    """The discriminator's pass over [real, generated(, real)] tells the minibatch standard deviation
+    its parts; the generator's pass over generated images is one part. The head's extra weight
+    trains and survives a model file."""
+    from cifargen.modelfile import load, save_model
+    from cifargen.models.acgan import MinibatchStd
+
+    seen = []
+    forward = MinibatchStd.forward
+    monkeypatch.setattr(MinibatchStd, "forward", lambda self, f, segments=1: seen.append((f.shape[0], segments))
+                        or forward(self, f, segments))
+    torch.manual_seed(0)
+    config = default_config("acgan", consistency=consistency, progress=False)
+    config.arch.minibatch_std = 4
+    recipe = ACGANRecipe(config, tuple("abcdefghij"), torch.device("cpu"), None, steps_per_epoch=10)
+    weight = recipe.discriminator.adv_head.weight.detach().clone()
+    out = recipe.train_step(torch.rand(8, 3, 32, 32), torch.randint(10, (8,)))
+    assert seen == [(8 * parts, parts), (8, 1)] and all(torch.isfinite(v) for v in out.values())
+    assert recipe.discriminator.adv_head.weight[0, -1] != weight[0, -1]  # the figure's own weight learns
+    model = recipe.export_model()
+    save_model(model, tmp_path / "model", tuple("abcdefghij"))
+    loaded = load(tmp_path / "model")
+    x = torch.rand(8, 3, 32, 32)
+    assert loaded.config.minibatch_std == 4
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(loaded.discriminate(x), model.discriminate(x)))

@@ -46,6 +46,7 @@ class ACGANConfig:
     class_hidden: int = 512    # discriminator: hidden units of a two-layer class head (0: one linear layer)
     class_norm: bool = False   # generator: batch norms scale and shift by class (ClassBatchNorm)
     twin_class_head: bool = False  # discriminator: a second class head, for generated images (TAC-GAN)
+    minibatch_std: int = 0     # discriminator: group size of the real/fake head's minibatch standard deviation (0: off)
 
     def __post_init__(self):
         for name in ("latent_dim", "width", "d_width", "num_classes", "class_embed_dim"):
@@ -61,6 +62,8 @@ class ACGANConfig:
             raise ConfigError(f"class_hidden must be >= 0 (0: a linear class head), got {self.class_hidden}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.minibatch_std == 1 or self.minibatch_std < 0:
+            raise ConfigError(f"minibatch_std is a group size of at least 2 images (0: off), got {self.minibatch_std}")
         check_levels(self.image_size, self.downsamples)
 
     @property
@@ -138,6 +141,36 @@ class ResidualBlock(nn.Module):
         return self.activation(x + self.body(x))
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation (Karras et al. 2018), one figure per image.
+
+    The batch is cut into ``segments`` equal parts (the real and the generated images of one
+    discriminator pass), each part into groups of consecutive images: ``group_size`` of them, or
+    the largest smaller number that divides the part (1 for a prime-sized part: a figure of 0).
+    An image's figure is the standard deviation of each feature over its group, averaged over
+    the features: low for a group of near-identical samples, which the real/fake head can learn
+    to call fake. Groups never cross parts, so real and generated images never share one.
+    """
+
+    def __init__(self, group_size: int):
+        super().__init__()
+        self.group_size = group_size
+
+    def groups_for(self, part: int) -> int:
+        """Images per group in a part of ``part`` images."""
+        return max(g for g in range(1, min(self.group_size, part) + 1) if part % g == 0)
+
+    def forward(self, features: torch.Tensor, segments: int = 1) -> torch.Tensor:
+        """``(N, 1)`` figures of ``features`` ``(N, ...)``, in float32."""
+        n = features.shape[0]
+        if n % segments:
+            raise ValueError(f"a batch of {n} images does not split into {segments} equal parts")
+        g = self.groups_for(n // segments)
+        grouped = features.float().reshape(n // g, g, -1)
+        std = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(1)  # (groups,)
+        return std.repeat_interleave(g).unsqueeze(1)
+
+
 class Discriminator(nn.Module):
     """Shared trunk, then ``(adv_logit (N,), class_logits (N, num_classes))``.
 
@@ -148,7 +181,9 @@ class Discriminator(nn.Module):
     distribution, a faster mask; the identity at the default ``dropout=0``). The class head is one
     linear layer, or two with a LeakyReLU between them when ``class_hidden`` > 0. With
     ``twin_class_head``, a second head of the same shape (TAC-GAN's twin classifier, Gong et al.
-    2019) reads the same features and learns the classes of generated images.
+    2019) reads the same features and learns the classes of generated images. With
+    ``minibatch_std``, the real/fake head also reads each image's :class:`MinibatchStd` figure
+    (the class head does not, so an image's class does not depend on its batch).
     """
 
     def __init__(self, config: ACGANConfig):
@@ -170,20 +205,26 @@ class Discriminator(nn.Module):
         self.flatten = Flatten()
         features = c * (config.image_size // 2 ** config.downsamples) ** 2
         self.class_pool = config.class_pool
-        self.adv_head = wrap(nn.Linear(features, 1))
+        self.minibatch_std = MinibatchStd(config.minibatch_std) if config.minibatch_std else None
+        self.adv_head = wrap(nn.Linear(features + (1 if config.minibatch_std else 0), 1))
         class_inputs = c if config.class_pool else features
         self.class_head = class_head(class_inputs, config.class_hidden, config.num_classes)
         self.twin_head = (class_head(class_inputs, config.class_hidden, config.num_classes)
                           if config.twin_class_head else None)
 
-    def forward(self, x: torch.Tensor, twin: str | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, twin: str | None = None, segments: int = 1) -> tuple[torch.Tensor, ...]:
         """``(adv_logit, class_logits)``; with ``twin``, also the twin head's class logits, from the
         trunk's features cut from the graph (``"detached"``: its loss trains the twin head alone) or
-        not (``"attached"``: the generator's step, whose gradient must reach the images)."""
+        not (``"attached"``: the generator's step, whose gradient must reach the images).
+        ``segments``: how many equal parts of unlike images (real, generated) ``x`` joins, which
+        the minibatch standard deviation keeps apart."""
         h = self.trunk(x)
         flat = self.flatten(h)
         class_features = h.mean((2, 3)) if self.class_pool else flat
-        adv, classes = self.adv_head(flat).squeeze(1), self.class_head(class_features)
+        adv_features = flat
+        if self.minibatch_std is not None:
+            adv_features = torch.cat([flat, self.minibatch_std(flat, segments).to(flat.dtype)], 1)
+        adv, classes = self.adv_head(adv_features).squeeze(1), self.class_head(class_features)
         if twin is None:
             return adv, classes
         if self.twin_head is None:

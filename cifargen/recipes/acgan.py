@@ -245,7 +245,7 @@ class ACGANRecipe(Recipe):
         twin = self.gan.config.twin_class_head
         with autocast(self.device, self.autocast_dtype):
             adv, cls, *twin_cls = self.step_discriminator(self._augment(torch.cat(views)),
-                                                          twin="detached" if twin else None)
+                                                          twin="detached" if twin else None, segments=len(views))
         if self.config.adversarial == "hinge":
             d_adv = hinge_discriminator_loss(adv[:b], adv[b:2 * b])
         else:
