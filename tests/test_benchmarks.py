@@ -213,3 +213,29 @@ def test_gpu_benchmarks_probes_without_flags_says_what_to_give(tmp_path):
     done = run_gpu_benchmarks("probes", str(tmp_path), str(tmp_path / "out"), "60", tmp_path=tmp_path)
     assert done.returncode == 2
     assert "at least one quoted set of flags" in done.stderr
+
+
+def test_publish_run_copies_the_cited_files_and_drops_machine_paths(tmp_path):
+    import json
+
+    from publish_run import main as publish_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ["E1.png", "E2.png", "E10.png", "E20.png", "E29.png", "E30.png", "loss.png", "best.pt"]:
+        (run / name).write_bytes(b"png")
+    (run / "metrics.json").write_text(json.dumps({"config": {"data_dir": "/home/me/data", "out": "/home/me/run",
+                                                             "epochs": 30}, "note": "a/b is fine"}))
+    (run / "eval.json").write_text(json.dumps({"source": "/home/me/run", "accuracy": 0.85}))
+    dest = tmp_path / "results" / "acgan"
+    assert publish_main([str(run), str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["E1.png", "E10.png", "E20.png", "E30.png", "eval.json",
+                                                      "loss.png", "metrics.json"]
+    assert json.loads((dest / "metrics.json").read_text()) == {"config": {"data_dir": None, "out": None, "epochs": 30},
+                                                                "note": "a/b is fine"}
+    assert json.loads((dest / "eval.json").read_text()) == {"source": None, "accuracy": 0.85}
+    # a path under another key is refused, and nothing is written
+    (run / "config.json").write_text(json.dumps({"tensorboard": "/home/me/tb"}))
+    other = tmp_path / "results" / "other"
+    assert publish_main([str(run), str(other)]) == 1 and not other.exists()
+    assert publish_main([str(tmp_path / "missing"), str(other)]) == 1
