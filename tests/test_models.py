@@ -234,7 +234,8 @@ def test_minibatch_std_matches_numpy_per_group():
     changed = features.clone()
     changed[8:16] *= 3
     after = layer(changed, segments=3)
-    assert torch.equal(parts[:8], after[:8]) and torch.equal(parts[16:], after[16:]) and not torch.equal(parts[8:16], after[8:16])
+    assert torch.equal(parts[:8], after[:8]) and torch.equal(parts[16:], after[16:])
+    assert not torch.equal(parts[8:16], after[8:16])
     # parts of 6 take groups of 3 (the largest size up to 4 that divides 6), never crossing a part
     assert layer.groups_for(6) == 3 and layer.groups_for(8) == 4 and layer.groups_for(5) == 1
     expected = np.repeat([np.sqrt(x[i:i + 3].var(axis=0) + 1e-8).mean() for i in range(0, 12, 3)], 3)
