@@ -206,7 +206,7 @@ class Discriminator(nn.Module):
         features = c * (config.image_size // 2 ** config.downsamples) ** 2
         self.class_pool = config.class_pool
         self.minibatch_std = MinibatchStd(config.minibatch_std) if config.minibatch_std else None
-        self.adv_head = wrap(nn.Linear(features + (1 if config.minibatch_std else 0), 1))
+        self.adv_head = wrap(nn.Linear(features + (self.minibatch_std is not None), 1))
         class_inputs = c if config.class_pool else features
         self.class_head = class_head(class_inputs, config.class_hidden, config.num_classes)
         self.twin_head = (class_head(class_inputs, config.class_hidden, config.num_classes)
